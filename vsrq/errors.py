@@ -6,7 +6,7 @@ from __future__ import annotations
 class VsrqError(Exception):
     """An error whose message is meant for the user as-is (one line, says what to do)."""
 
-    exit_code: int = 2
+    exit_code: int = 1
 
 
 class InputError(VsrqError):

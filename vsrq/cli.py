@@ -1,0 +1,199 @@
+"""`vsrq` command line: thin over vsrq.io, vsrq.models and vsrq.pipeline.
+
+Every user-facing failure is one line on stderr and a non-zero exit code; a traceback is shown
+only with VSRQ_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+from vsrq.errors import VsrqError
+
+app = typer.Typer(
+    name="vsrq",
+    help="Video super-resolution with low-bit (W4A4) one-step diffusion transformers.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def fail(message: str, code: int = 1) -> None:
+    typer.echo(f"vsrq: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn our errors, Ctrl-C and unexpected crashes into one line and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except VsrqError as exc:
+            fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            fail("interrupted; no output was written", 130)
+        except MemoryError:
+            fail("out of memory; try a smaller --tile or --chunk")
+        except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
+            if os.environ.get("VSRQ_DEBUG"):
+                raise
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            fail(f"internal error: {type(exc).__name__}: {first} (run with VSRQ_DEBUG=1 for details)", 70)
+
+    return wrapper
+
+
+@app.command()
+@friendly_errors
+def upscale(
+    input: Path = typer.Argument(..., help="Input video file."),
+    output: Path = typer.Argument(..., help="Output video file (written atomically)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Registry name or path to a .safetensors checkpoint. Default: the registry's default."),
+    scale: Optional[float] = typer.Option(None, "--scale", "-s", help="Output scale; default: the model's native scale. Other values resize the model's output."),
+    device: str = typer.Option("auto", "--device", "-d", help="auto, cpu, cuda or cuda:N."),
+    chunk: int = typer.Option(8, "--chunk", help="Frames per temporal chunk."),
+    overlap: int = typer.Option(2, "--overlap", help="Frames shared by consecutive chunks (cross-faded); at most chunk/2."),
+    tile: int = typer.Option(0, "--tile", "-t", help="Tile size in input pixels; 0 = whole frames."),
+    tile_overlap: int = typer.Option(16, "--tile-overlap", help="Input pixels shared by neighbouring tiles."),
+    batch: int = typer.Option(1, "--batch", help="Tiles per forward pass."),
+    codec: str = typer.Option("libx264", "--codec", "-c", help="Video encoder: libx264, libx265, libsvtav1, ffv1, h264_nvenc, hevc_nvenc."),
+    crf: Optional[int] = typer.Option(18, "--crf", help="Constant rate factor (quality; lower is better)."),
+    preset: Optional[str] = typer.Option("medium", "--preset", help="Encoder speed preset."),
+    pix_fmt: Optional[str] = typer.Option(None, "--pix-fmt", help="Output pixel format; default yuv420p, or 10-bit for 10-bit input."),
+    overwrite: bool = typer.Option(False, "--overwrite", "-y", help="Replace an existing output file."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Upscale a video with a one-step DiT VSR model; audio and subtitles are copied unchanged."""
+    from vsrq.models.loader import load_model
+    from vsrq.pipeline.upscale import EncodeOptions, UpscaleOptions, upscale_file
+
+    if chunk < 1 or overlap < 0 or 2 * overlap > chunk:
+        fail(f"--overlap must be between 0 and half of --chunk ({chunk // 2}); got --chunk {chunk} --overlap {overlap}", 2)
+    if tile < 0 or tile_overlap < 0 or (tile and tile_overlap >= tile):
+        fail("--tile must be 0 or larger than --tile-overlap", 2)
+    if batch < 1:
+        fail("--batch must be at least 1", 2)
+    if scale is not None and not 0 < scale <= 16:
+        fail(f"--scale must be in (0, 16], got {scale}", 2)
+    _check_paths(input, output, overwrite)
+    loaded = load_model(model)
+    report = upscale_file(
+        input,
+        output,
+        loaded,
+        UpscaleOptions(chunk=chunk, overlap=overlap, tile=tile, tile_overlap=tile_overlap, outscale=scale, device=device, batch=batch),
+        EncodeOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, overwrite=overwrite),
+        progress=not quiet,
+    )
+    if not quiet:
+        typer.echo(
+            f"wrote {output} ({report.width}x{report.height}, {report.frames} frames, "
+            f"{report.fps:.2f} frames/s on {report.device}, model {loaded.name} [{loaded.precision}])",
+            err=True,
+        )
+
+
+def _check_paths(input: Path, output: Path, overwrite: bool) -> None:
+    """Cheap checks before a model is loaded, so a typo costs no time."""
+    if not input.exists():
+        fail(f"input {input} does not exist")
+    if not input.is_file():
+        fail(f"input {input} is not a file")
+    if output.exists() and input.resolve() == output.resolve():
+        fail("output path is the input file; choose another output path")
+    if output.exists() and not overwrite:
+        fail(f"output {output} exists; pass --overwrite to replace it")
+
+
+@app.command()
+@friendly_errors
+def models(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """List the registered models and whether their weights are here."""
+    from vsrq.models.registry import load_registry, model_availability
+
+    entries, default = load_registry()
+    rows = []
+    for name, spec in entries.items():
+        rows.append({
+            "name": name,
+            "default": name == default,
+            "arch": spec.arch,
+            "precision": spec.precision,
+            "scale": spec.config.get("scale"),
+            "weights": spec.weights,
+            "status": model_availability(spec),
+            "description": spec.description,
+        })
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    width = max(len(r["name"]) for r in rows) + 2
+    for r in rows:
+        mark = "*" if r["default"] else " "
+        typer.echo(f"{mark} {r['name']:<{width}}{r['precision']:<6} x{r['scale'] or '?':<3} {r['status']:<12} {r['description']}")
+    typer.echo("(* = default; status: packaged/local/cached = ready, remote = downloaded on first use, missing = not available)")
+
+
+@app.command()
+@friendly_errors
+def quantize(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to quantize (registry name or checkpoint)."),
+    bits: int = typer.Option(4, "--bits", help="Weight bits (2-8)."),
+    act_bits: Optional[int] = typer.Option(None, "--act-bits", help="Activation bits (default: same as --bits)."),
+    method: str = typer.Option("default", "--method", help="Method name or recipe.toml."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration videos (file or folder)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output checkpoint (.safetensors)."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write a JSON report here."),
+) -> None:
+    """Post-training quantization to a packed low-bit checkpoint."""
+    from vsrq.errors import NotAvailableError
+
+    if not 2 <= bits <= 8:
+        fail(f"--bits must be between 2 and 8, got {bits}", 2)
+    raise NotAvailableError("vsrq quantize is not available yet: the quantization engine is being built (issue 4); nothing was written")
+
+
+@app.command()
+@friendly_errors
+def bench(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to benchmark."),
+    input: Optional[Path] = typer.Option(None, "--input", "-i", help="A video to run; default: a generated clip."),
+    size: str = typer.Option("160x90", "--size", help="Input size WxH of the generated clip."),
+    frames: int = typer.Option(24, "--frames", help="Frames of the generated clip."),
+    device: str = typer.Option("auto", "--device", "-d"),
+    chunk: int = typer.Option(8, "--chunk"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Throughput of the pipeline: decode+encode alone, and the full upscale, in one run."""
+    from vsrq.bench import run_pipeline_bench
+
+    try:
+        w, h = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        fail(f"--size must look like 160x90, got {size!r}", 2)
+    result = run_pipeline_bench(model=model, input=input, size=(w, h), frames=frames, device=device, chunk=chunk)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        for line in result["table"]:
+            typer.echo(line)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

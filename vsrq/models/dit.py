@@ -1,0 +1,278 @@
+"""A one-step diffusion-transformer (DiT) for video super-resolution, in one readable file.
+
+The network maps a low-resolution clip (B, 3, T, H, W) in [0, 1] to its x`scale` version in a single
+forward pass (one fixed diffusion step, so the timestep only enters through adaLN modulation):
+
+    LR clip -> 3D patches -> tokens -> N x [adaLN, 3D window attention with 3D RoPE, adaLN, MLP]
+            -> adaLN head -> pixel-shuffle -> + upsampled LR (residual)
+
+Windows shift by half a window in every other block (Swin-style), so information crosses window
+borders. The token grid is padded to whole windows and padded keys are masked, which makes the
+result independent of how much padding a tile needed. All dense layers are `nn.Linear` so the
+quantization engine can swap them for low-bit modules without the model knowing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Triple = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """Shape of a VSR DiT; one class serves the embedded default and large configs."""
+
+    dim: int = 96
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    patch: Triple = (1, 2, 2)
+    window: Triple = (4, 8, 8)
+    scale: int = 4
+    in_channels: int = 3
+    timestep: float = 999.0
+    rope_theta: float = 10000.0
+    residual_mode: str = "bicubic"
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+        if self.head_dim % 6:
+            raise ValueError(f"head_dim {self.head_dim} must be a multiple of 6 for 3D RoPE")
+        if self.scale not in (1, 2, 3, 4, 8):
+            raise ValueError(f"unsupported scale {self.scale}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+    @property
+    def pixel_align(self) -> Triple:
+        """LR pixels per window along (t, h, w): tile offsets on this grid keep window layouts equal."""
+        return tuple(p * w for p, w in zip(self.patch, self.window))  # type: ignore[return-value]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DiTConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown DiT config keys: {sorted(unknown)}")
+        d = dict(d)
+        for key in ("patch", "window"):
+            if key in d:
+                d[key] = tuple(int(v) for v in d[key])
+        return cls(**d)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of diffusion timesteps (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def rope_3d(grid: Triple, head_dim: int, theta: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables (Tt*Ht*Wt, head_dim) for rotary embedding along t, h and w (a third of the dims each)."""
+    per_axis = head_dim // 3
+    tables = []
+    for axis, n in enumerate(grid):
+        inv = 1.0 / theta ** (torch.arange(0, per_axis, 2, dtype=torch.float32, device=device) / per_axis)
+        pos = torch.arange(n, dtype=torch.float32, device=device)
+        ang = torch.outer(pos, inv)  # (n, per_axis/2)
+        shape = [1, 1, 1, per_axis // 2]
+        shape[axis] = n
+        tables.append(ang.view(shape).expand(*grid, per_axis // 2))
+    ang = torch.cat(tables, dim=-1).reshape(-1, head_dim // 2)
+    ang = torch.cat([ang, ang], dim=-1)
+    return ang.cos(), ang.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE; x (..., L, head_dim), cos/sin (L, head_dim)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+def _window_geometry(grid: Triple, window: Triple, shifted: bool) -> tuple[Triple, Triple, Triple]:
+    """Per axis: effective window, padding before (the shift) and padding after (to whole windows)."""
+    win, before, after = [], [], []
+    for n, w in zip(grid, window):
+        w = min(w, n)
+        b = w // 2 if shifted and n > w else 0
+        a = (-(n + b)) % w
+        win.append(w)
+        before.append(b)
+        after.append(a)
+    return tuple(win), tuple(before), tuple(after)  # type: ignore[return-value]
+
+
+def _to_windows(x: torch.Tensor, win: Triple) -> torch.Tensor:
+    """(B, T, H, W, C) with T, H, W multiples of win -> (B * nW, wt*wh*ww, C)."""
+    b, t, h, w, c = x.shape
+    wt, wh, ww = win
+    x = x.view(b, t // wt, wt, h // wh, wh, w // ww, ww, c)
+    return x.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(-1, wt * wh * ww, c)
+
+
+def _from_windows(x: torch.Tensor, win: Triple, padded: Triple, batch: int) -> torch.Tensor:
+    wt, wh, ww = win
+    t, h, w = padded
+    c = x.shape[-1]
+    x = x.view(batch, t // wt, h // wh, w // ww, wt, wh, ww, c)
+    return x.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(batch, t, h, w, c)
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside 3D windows of the token grid, with 3D RoPE on q and k."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, grid: Triple, window: Triple, shifted: bool, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        b, n, c = x.shape
+        hd = c // self.heads
+        qkv = self.qkv(x).view(b, n, 3, self.heads, hd)
+        q, k, v = qkv.unbind(dim=2)  # (B, N, heads, hd)
+        cos, sin = rope
+        q = apply_rope(q.transpose(1, 2), cos, sin).transpose(1, 2)
+        k = apply_rope(k.transpose(1, 2), cos, sin).transpose(1, 2)
+
+        win, before, after = _window_geometry(grid, window, shifted)
+        padded = tuple(g + bf + af for g, bf, af in zip(grid, before, after))
+        pad = (0, 0, before[2], after[2], before[1], after[1], before[0], after[0])
+        stacked = torch.stack([q, k, v], dim=2).reshape(b, *grid, 3 * c)
+        stacked = F.pad(stacked, pad) if any(before) or any(after) else stacked
+        tokens = _to_windows(stacked, win)  # (B*nW, L, 3C)
+        nwb, length, _ = tokens.shape
+        q, k, v = tokens.view(nwb, length, 3, self.heads, hd).permute(2, 0, 3, 1, 4)
+
+        mask = None
+        if any(before) or any(after):
+            valid = torch.zeros(1, *padded, 1, dtype=torch.bool, device=x.device)
+            valid[:, before[0]:before[0] + grid[0], before[1]:before[1] + grid[1], before[2]:before[2] + grid[2]] = True
+            valid = _to_windows(valid, win).view(1, -1, 1, 1, length)  # windows are batch-major
+            mask = valid.expand(b, -1, 1, 1, length).reshape(nwb, 1, 1, length)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B*nW, heads, L, hd)
+        out = out.transpose(1, 2).reshape(nwb, length, c)
+        out = _from_windows(out, win, padded, b)
+        out = out[:, before[0]:before[0] + grid[0], before[1]:before[1] + grid[1], before[2]:before[2] + grid[2]]
+        return self.proj(out.reshape(b, n, c))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class DiTBlock(nn.Module):
+    """Pre-norm transformer block with adaLN-Zero modulation (shift, scale, gate) from the timestep."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = WindowAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.adaln = nn.Linear(dim, 6 * dim)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, grid: Triple, window: Triple, shifted: bool, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaln(F.silu(cond)).chunk(6, dim=-1)
+        x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1), grid, window, shifted, rope)
+        x = x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        return x
+
+
+class VSRDiT(nn.Module):
+    """One-step DiT video super-resolution network: (B, 3, T, H, W) in [0, 1] -> (B, 3, T, sH, sW)."""
+
+    arch = "vsrq-dit"
+
+    def __init__(self, config: DiTConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        pt, ph, pw = c.patch
+        self.patch_embed = nn.Linear(c.in_channels * pt * ph * pw, c.dim)
+        self.t_embed = nn.Sequential(nn.Linear(256, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
+        self.blocks = nn.ModuleList(DiTBlock(c.dim, c.heads, c.mlp_ratio) for _ in range(c.depth))
+        self.norm_out = nn.LayerNorm(c.dim, elementwise_affine=False, eps=1e-6)
+        self.adaln_out = nn.Linear(c.dim, 2 * c.dim)
+        self.head = nn.Linear(c.dim, pt * ph * pw * 3 * c.scale * c.scale)
+        self.register_buffer("timestep", torch.tensor([c.timestep]), persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """DiT-style init: xavier linears, zero adaLN gates and head, so an untrained model is the residual upsampler."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        for blk in self.blocks:
+            nn.init.zeros_(blk.adaln.weight)
+            nn.init.zeros_(blk.adaln.bias)
+        nn.init.zeros_(self.adaln_out.weight)
+        nn.init.zeros_(self.adaln_out.bias)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def upsample_residual(self, x: torch.Tensor) -> torch.Tensor:
+        """The input upsampled to the output size, frame by frame; the network predicts the difference."""
+        b, ch, t, h, w = x.shape
+        frames = x.transpose(1, 2).reshape(b * t, ch, h, w)
+        s = self.config.scale
+        up = F.interpolate(frames.float(), scale_factor=s, mode=self.config.residual_mode, align_corners=False)
+        return up.to(x.dtype).view(b, t, ch, h * s, w * s).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        b, ch, t, h, w = x.shape
+        pt, ph, pw = c.patch
+        pads = ((-t) % pt, (-h) % ph, (-w) % pw)
+        xp = x
+        if any(pads):
+            # Replicate-pad to whole patches along T, H, W (F.pad on 5D pads the last three dims).
+            xp = F.pad(x, (0, pads[2], 0, pads[1], 0, pads[0]), mode="replicate")
+        tp, hp, wp = t + pads[0], h + pads[1], w + pads[2]
+        grid = (tp // pt, hp // ph, wp // pw)
+
+        tokens = xp.view(b, ch, grid[0], pt, grid[1], ph, grid[2], pw)
+        tokens = tokens.permute(0, 2, 4, 6, 3, 5, 7, 1).reshape(b, grid[0] * grid[1] * grid[2], pt * ph * pw * ch)
+        hidden = self.patch_embed(tokens * 2 - 1)
+
+        cond = self.t_embed(timestep_embedding(self.timestep.expand(b), 256).to(hidden.dtype))
+        rope = rope_3d(grid, c.head_dim, c.rope_theta, x.device)
+        for i, blk in enumerate(self.blocks):
+            hidden = blk(hidden, cond, grid, c.window, shifted=bool(i % 2), rope=rope)
+
+        shift, scale = self.adaln_out(F.silu(cond)).chunk(2, dim=-1)
+        out = self.head(modulate(self.norm_out(hidden), shift, scale))
+        s = c.scale
+        out = out.view(b, *grid, pt, ph, pw, 3, s, s)
+        # (b, Tt, Ht, Wt, pt, ph, pw, 3, s, s) -> (b, 3, Tt, pt, Ht, ph, s, Wt, pw, s)
+        out = out.permute(0, 7, 1, 4, 2, 5, 8, 3, 6, 9).reshape(b, 3, tp, hp * s, wp * s)
+        out = out[:, :, :t, : h * s, : w * s]
+        return out + self.upsample_residual(x)

@@ -1,0 +1,159 @@
+"""Build a network from a registry entry or a checkpoint file, and load its safetensors weights.
+
+Our checkpoints carry their architecture and config in the safetensors metadata (keys
+`vsrq.arch`, `vsrq.config`, `vsrq.precision`), so `--model some/file.safetensors` works without a
+registry entry; a registry entry's config, when given, must agree with the file's.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+import vsrq
+from vsrq.errors import ModelError, NotAvailableError
+from vsrq.models.dit import DiTConfig, VSRDiT
+from vsrq.models.registry import ModelSpec, load_registry, resolve_weights
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """How to build one family of networks from a config dict."""
+
+    name: str
+    build: Callable[[dict], nn.Module]
+    config_of: Callable[[nn.Module], dict]
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "vsrq-dit": Architecture(
+        "vsrq-dit",
+        build=lambda cfg: VSRDiT(DiTConfig.from_dict(cfg)),
+        config_of=lambda model: model.config.to_dict(),
+    ),
+}
+
+
+@dataclass
+class LoadedModel:
+    """A ready network plus what the CLI reports about it."""
+
+    name: str
+    module: nn.Module
+    precision: str
+    weights_path: Path
+
+    @property
+    def scale(self) -> int:
+        return int(self.module.config.scale)
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file; anything else is refused with the reason."""
+    if path.suffix in {".pth", ".pt", ".ckpt", ".bin"}:
+        raise ModelError(f"{path}: only safetensors weights are loaded (pickle files can run code); convert it first")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            meta = dict(fh.metadata() or {})
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from exc
+    return tensors, meta
+
+
+def save_checkpoint(module: nn.Module, path: Path, *, arch: str, precision: str, extra_meta: dict[str, str] | None = None) -> None:
+    """Write a module's weights with the metadata `read_checkpoint` needs, atomically."""
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}.get(precision)
+    tensors = {}
+    for k, v in module.state_dict().items():
+        v = v.detach().cpu()
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        tensors[k] = v.contiguous()
+    meta = {
+        "vsrq.arch": arch,
+        "vsrq.config": json.dumps(ARCHITECTURES[arch].config_of(module)),
+        "vsrq.precision": precision,
+        "vsrq.version": vsrq.__version__,
+        **(extra_meta or {}),
+    }
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _configs_agree(registry_cfg: dict, file_cfg: dict) -> list[str]:
+    """Keys where a registry entry's config disagrees with the checkpoint's own."""
+    bad = []
+    for key, value in registry_cfg.items():
+        theirs = file_cfg.get(key)
+        norm = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
+        if key not in file_cfg or norm(theirs) != norm(value):
+            bad.append(f"{key}={value!r} (file: {theirs!r})")
+    return bad
+
+
+def build_from_checkpoint(name: str, path: Path, spec: ModelSpec | None = None) -> LoadedModel:
+    tensors, meta = read_checkpoint(path)
+    arch = meta.get("vsrq.arch") or (spec.arch if spec else None)
+    if arch is None:
+        raise ModelError(f"{path}: no 'vsrq.arch' in its metadata; not a vsrq checkpoint")
+    if spec and arch != spec.arch:
+        raise ModelError(f"{path}: holds a {arch!r} model but {name!r} is registered as {spec.arch!r}")
+    if arch not in ARCHITECTURES:
+        raise ModelError(f"{path}: unknown architecture {arch!r} (known: {', '.join(ARCHITECTURES)})")
+    file_cfg = json.loads(meta["vsrq.config"]) if "vsrq.config" in meta else None
+    config = file_cfg if file_cfg is not None else (spec.config if spec else None)
+    if config is None:
+        raise ModelError(f"{path}: no config in the file or the registry")
+    if spec and file_cfg is not None and (bad := _configs_agree(spec.config, file_cfg)):
+        raise ModelError(f"{path}: config disagrees with registry entry {name!r}: {', '.join(bad)}")
+    precision = meta.get("vsrq.precision") or (spec.precision if spec else "fp32")
+    if precision in ("w4a4", "w8a8"):
+        raise NotAvailableError(f"{name}: loading {precision} checkpoints is not available yet (needs `vsrq quantize`, issue 4)")
+    try:
+        module = ARCHITECTURES[arch].build(config)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"{path}: bad {arch} config: {exc}") from exc
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} of wrong shape (e.g. {k}: {tuple(tensors[k].shape)} vs {tuple(expected[k].shape)})")
+        raise ModelError(f"{path}: tensors do not match a {arch} model with this config: {'; '.join(parts)}")
+    module.load_state_dict({k: v.float() for k, v in tensors.items()})
+    return LoadedModel(name=name, module=module.eval(), precision=precision, weights_path=path)
+
+
+def load_model(name_or_path: str | None) -> LoadedModel:
+    """A registry name, a path to a checkpoint, or None for the default model."""
+    models, default = load_registry()
+    key = name_or_path or default
+    if key in models:
+        spec = models[key]
+        return build_from_checkpoint(key, resolve_weights(spec), spec)
+    path = Path(key).expanduser()
+    if path.suffix in {".safetensors", ".pth", ".pt", ".ckpt", ".bin"} or path.exists():
+        if not path.is_file():
+            raise ModelError(f"model file {path} does not exist")
+        return build_from_checkpoint(path.stem, path)
+    raise ModelError(f"unknown model {key!r}; known: {', '.join(sorted(models))} (or a path to a .safetensors file)")
