@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.support import TINY, random_model
-from vsrq.models.dit import DiTConfig, VSRDiT, WindowAttention, _window_geometry, rope_3d
+from vsrq.models.dit import DiTConfig, VSRDiT, WindowAttention, WindowLayout, _window_geometry
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 1, 16, 16), (2, 3, 5, 13, 21), (1, 3, 9, 24, 40)])
@@ -61,14 +61,22 @@ def test_padded_keys_are_masked():
     """A window that is mostly padding gives its real tokens the same result as a grid holding only them."""
     torch.manual_seed(0)
     attn = WindowAttention(24, 2)
-    x = torch.randn(1, 4 * 5, 24)
-    grid = (1, 4, 5)  # with 4x4 windows the last column sits alone in a window padded with 3 empty columns
-    rope_full = rope_3d(grid, 12, 10000.0, x.device)
+    x = torch.randn(1, 1, 4, 5, 24)
+    full_layout = WindowLayout.make((1, 4, 5), (1, 4, 4), False, 12, 10000.0, x.device)
+    col_layout = WindowLayout.make((1, 4, 1), (1, 4, 4), False, 12, 10000.0, x.device)
+    assert full_layout.mask is not None and col_layout.mask is None
     with torch.no_grad():
-        full = attn(x, grid, (1, 4, 4), False, rope_full).view(1, 4, 5, 24)
-        col = x.view(1, 4, 5, 24)[:, :, 4:].reshape(1, 4, 24)
-        alone = attn(col, (1, 4, 1), (1, 4, 4), False, rope_3d((1, 4, 1), 12, 10000.0, x.device))
-    torch.testing.assert_close(full[:, :, 4], alone.view(1, 4, 24), atol=1e-5, rtol=1e-4)
+        # with 4x4 windows the last column sits alone in a window padded with 3 empty columns
+        full = full_layout.merge(attn(full_layout.partition(x), full_layout))
+        alone = col_layout.merge(attn(col_layout.partition(x[:, :, :, 4:]), col_layout))
+    torch.testing.assert_close(full[:, :, :, 4:], alone, atol=1e-5, rtol=1e-4)
+
+
+def test_partition_merge_round_trip():
+    x = torch.randn(2, 3, 9, 7, 5)
+    for shifted in (False, True):
+        layout = WindowLayout.make((3, 9, 7), (2, 4, 4), shifted, 12, 10000.0, x.device)
+        torch.testing.assert_close(layout.merge(layout.partition(x)), x)
 
 
 def test_config_round_trip_and_validation():

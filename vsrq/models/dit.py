@@ -99,10 +99,9 @@ def rope_3d(grid: Triple, head_dim: int, theta: float, device: torch.device) -> 
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half RoPE; x (..., L, head_dim), cos/sin (L, head_dim)."""
+    """Rotate-half RoPE; x (..., L, head_dim), cos/sin broadcastable to x."""
     x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
 def _window_geometry(grid: Triple, window: Triple, shifted: bool) -> tuple[Triple, Triple, Triple]:
@@ -134,6 +133,54 @@ def _from_windows(x: torch.Tensor, win: Triple, padded: Triple, batch: int) -> t
     return x.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(batch, t, h, w, c)
 
 
+@dataclass(frozen=True)
+class WindowLayout:
+    """How the token grid is cut into windows for one block: geometry, RoPE tables and key mask in window order."""
+
+    grid: Triple
+    win: Triple
+    before: Triple
+    after: Triple
+    cos: torch.Tensor  # (nW, 1, L, head_dim)
+    sin: torch.Tensor
+    mask: torch.Tensor | None  # (nW, 1, 1, L) True = real token, None when nothing is padded
+
+    @property
+    def padded(self) -> Triple:
+        return tuple(g + b + a for g, b, a in zip(self.grid, self.before, self.after))  # type: ignore[return-value]
+
+    @classmethod
+    def make(cls, grid: Triple, window: Triple, shifted: bool, head_dim: int, theta: float, device: torch.device) -> "WindowLayout":
+        win, before, after = _window_geometry(grid, window, shifted)
+        padded = tuple(g + b + a for g, b, a in zip(grid, before, after))
+        cos, sin = rope_3d(padded, head_dim, theta, device)  # relative positions are what matter
+        cos = _to_windows(cos.view(1, *padded, head_dim), win).unsqueeze(1)
+        sin = _to_windows(sin.view(1, *padded, head_dim), win).unsqueeze(1)
+        mask = None
+        if any(before) or any(after):
+            valid = torch.zeros(1, *padded, 1, dtype=torch.bool, device=device)
+            valid[:, before[0]:before[0] + grid[0], before[1]:before[1] + grid[1], before[2]:before[2] + grid[2]] = True
+            mask = _to_windows(valid, win).view(-1, 1, 1, cos.shape[2])
+        return cls(grid, win, before, after, cos, sin, mask)
+
+    def partition(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, H, W, C) grid -> (B, nW, L, C) windows (zero tokens where padded)."""
+        b, c = x.shape[0], x.shape[-1]
+        if any(self.before) or any(self.after):
+            pad = (0, 0, self.before[2], self.after[2], self.before[1], self.after[1], self.before[0], self.after[0])
+            x = F.pad(x, pad)
+        return _to_windows(x, self.win).view(b, -1, self.cos.shape[2], c)
+
+    def merge(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, nW, L, C) windows -> (B, T, H, W, C) grid, padding dropped."""
+        b, c = x.shape[0], x.shape[-1]
+        x = _from_windows(x.reshape(-1, x.shape[2], c), self.win, self.padded, b)
+        (t0, h0, w0), (t, h, w) = self.before, self.grid
+        if any(self.before) or any(self.after):
+            x = x[:, t0:t0 + t, h0:h0 + h, w0:w0 + w]
+        return x
+
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside 3D windows of the token grid, with 3D RoPE on q and k."""
 
@@ -143,35 +190,19 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, grid: Triple, window: Triple, shifted: bool, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        b, n, c = x.shape
+    def forward(self, x: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
+        """x (B, nW, L, C) in window order -> same shape."""
+        b, nw, length, c = x.shape
         hd = c // self.heads
-        qkv = self.qkv(x).view(b, n, 3, self.heads, hd)
-        q, k, v = qkv.unbind(dim=2)  # (B, N, heads, hd)
-        cos, sin = rope
-        q = apply_rope(q.transpose(1, 2), cos, sin).transpose(1, 2)
-        k = apply_rope(k.transpose(1, 2), cos, sin).transpose(1, 2)
-
-        win, before, after = _window_geometry(grid, window, shifted)
-        padded = tuple(g + bf + af for g, bf, af in zip(grid, before, after))
-        pad = (0, 0, before[2], after[2], before[1], after[1], before[0], after[0])
-        stacked = torch.stack([q, k, v], dim=2).reshape(b, *grid, 3 * c)
-        stacked = F.pad(stacked, pad) if any(before) or any(after) else stacked
-        tokens = _to_windows(stacked, win)  # (B*nW, L, 3C)
-        nwb, length, _ = tokens.shape
-        q, k, v = tokens.view(nwb, length, 3, self.heads, hd).permute(2, 0, 3, 1, 4)
-
-        mask = None
-        if any(before) or any(after):
-            valid = torch.zeros(1, *padded, 1, dtype=torch.bool, device=x.device)
-            valid[:, before[0]:before[0] + grid[0], before[1]:before[1] + grid[1], before[2]:before[2] + grid[2]] = True
-            valid = _to_windows(valid, win).view(1, -1, 1, 1, length)  # windows are batch-major
-            mask = valid.expand(b, -1, 1, 1, length).reshape(nwb, 1, 1, length)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B*nW, heads, L, hd)
-        out = out.transpose(1, 2).reshape(nwb, length, c)
-        out = _from_windows(out, win, padded, b)
-        out = out[:, before[0]:before[0] + grid[0], before[1]:before[1] + grid[1], before[2]:before[2] + grid[2]]
-        return self.proj(out.reshape(b, n, c))
+        q, k, v = self.qkv(x).view(b, nw, length, 3, self.heads, hd).permute(3, 0, 1, 4, 2, 5).unbind(0)
+        # RoPE tables are per window (nW, 1, L, hd) and broadcast over the batch; SDPA gets 4D
+        # (B*nW, heads, L, hd) tensors, which keeps it on its fused kernels.
+        q = apply_rope(q, layout.cos, layout.sin).view(b * nw, self.heads, length, hd)
+        k = apply_rope(k, layout.cos, layout.sin).view(b * nw, self.heads, length, hd)
+        v = v.reshape(b * nw, self.heads, length, hd)
+        mask = layout.mask if layout.mask is None or b == 1 else layout.mask.repeat(b, 1, 1, 1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(out.view(b, nw, self.heads, length, hd).transpose(2, 3).reshape(b, nw, length, c))
 
 
 class Mlp(nn.Module):
@@ -185,11 +216,17 @@ class Mlp(nn.Module):
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale[:, None]) + shift[:, None]
+    """adaLN: per-sample shift/scale (B, C) applied to tokens (B, ..., C)."""
+    view = (shift.shape[0],) + (1,) * (x.dim() - 2) + (shift.shape[1],)
+    return x * (1 + scale.view(view)) + shift.view(view)
 
 
 class DiTBlock(nn.Module):
-    """Pre-norm transformer block with adaLN-Zero modulation (shift, scale, gate) from the timestep."""
+    """Pre-norm transformer block with adaLN-Zero modulation (shift, scale, gate) from the timestep.
+
+    It works on tokens in window order (B, nW, L, C): attention needs that order and the MLP and
+    norms don't care, so the grid is re-ordered only once per block.
+    """
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
         super().__init__()
@@ -199,10 +236,11 @@ class DiTBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.adaln = nn.Linear(dim, 6 * dim)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, grid: Triple, window: Triple, shifted: bool, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaln(F.silu(cond)).chunk(6, dim=-1)
-        x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1), grid, window, shifted, rope)
-        x = x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        gview = (cond.shape[0], 1, 1, -1)
+        x = x + gate1.reshape(gview) * self.attn(modulate(self.norm1(x), shift1, scale1), layout)
+        x = x + gate2.reshape(gview) * self.mlp(modulate(self.norm2(x), shift2, scale2))
         return x
 
 
@@ -261,12 +299,15 @@ class VSRDiT(nn.Module):
 
         tokens = xp.view(b, ch, grid[0], pt, grid[1], ph, grid[2], pw)
         tokens = tokens.permute(0, 2, 4, 6, 3, 5, 7, 1).reshape(b, grid[0] * grid[1] * grid[2], pt * ph * pw * ch)
-        hidden = self.patch_embed(tokens * 2 - 1)
+        hidden = self.patch_embed(tokens * 2 - 1).view(b, *grid, c.dim)
 
         cond = self.t_embed(timestep_embedding(self.timestep.expand(b), 256).to(hidden.dtype))
-        rope = rope_3d(grid, c.head_dim, c.rope_theta, x.device)
+        layouts = [WindowLayout.make(grid, c.window, shifted, c.head_dim, c.rope_theta, x.device) for shifted in (False, True)]
+        layouts = [WindowLayout(lay.grid, lay.win, lay.before, lay.after, lay.cos.to(hidden.dtype), lay.sin.to(hidden.dtype), lay.mask) for lay in layouts]
         for i, blk in enumerate(self.blocks):
-            hidden = blk(hidden, cond, grid, c.window, shifted=bool(i % 2), rope=rope)
+            layout = layouts[i % 2]
+            hidden = layout.merge(blk(layout.partition(hidden), cond, layout))
+        hidden = hidden.reshape(b, -1, c.dim)
 
         shift, scale = self.adaln_out(F.silu(cond)).chunk(2, dim=-1)
         out = self.head(modulate(self.norm_out(hidden), shift, scale))
