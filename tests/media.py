@@ -1,4 +1,6 @@
-"""Tiny synthetic media made with PyAV directly (not with vsrq's writer, which is under test)."""
+"""Tiny synthetic media made with PyAV directly (not with vsrq's writer, which is under test).
+
+Shared by every test folder: tests/conftest.py re-exports the fixtures."""
 
 from __future__ import annotations
 

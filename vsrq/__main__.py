@@ -1,0 +1,5 @@
+"""`python -m vsrq` is the same as the `vsrq` command."""
+
+from vsrq.cli import main
+
+main()
