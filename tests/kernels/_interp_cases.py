@@ -1,0 +1,266 @@
+"""Triton-kernel-vs-reference checks, run in a child process under TRITON_INTERPRET=1.
+
+Why a child process: Triton decides at decoration time whether ``@triton.jit`` compiles
+or interprets, and the flag is process-wide; running these checks in their own
+interpreter keeps it out of every other test. ``test_triton_interp.py`` starts this
+file (``python _interp_cases.py SHARD NSHARDS``) and turns each printed ``CASE`` line
+into one test. Importing this module (to list case names) needs neither triton nor
+the flag.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable
+
+CASES: dict[str, Callable[[], str]] = {}
+
+
+def case(name: str) -> Callable:
+    def deco(fn: Callable[[], str]) -> Callable[[], str]:
+        CASES[name] = fn
+        return fn
+
+    return deco
+
+
+def _rel(a, b) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def _lin_inputs(m: int, k: int, dtype, r: int = 0, seed: int = 0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(m, k, generator=g) * 2.0).to(dtype)
+    ld = (torch.randn(k, r, generator=g) * 0.05).to(torch.bfloat16) if r else None
+    sm = torch.rand(k, generator=g) + 0.5
+    return x, ld, sm
+
+
+# ----------------------------------------------------------------------------- act_quant
+
+_ACT = {
+    "pertoken_b4_ragged": dict(m=37, k=200, bits=4),
+    "pertoken_b8": dict(m=19, k=96, bits=8),
+    "pertoken_b3_m1": dict(m=1, k=64, bits=3),
+    "pertoken_smooth_lora": dict(m=37, k=200, bits=4, smooth=True, r=20),
+    "group32_lora": dict(m=21, k=192, bits=4, group_size=32, r=16),
+    "group64_b8_smooth": dict(m=33, k=192, bits=8, group_size=64, smooth=True),
+    "hadamard64": dict(m=37, k=192, bits=4, hadamard_block=64, r=8),
+    "hadamard128_smooth_group32": dict(m=18, k=256, bits=4, hadamard_block=128, smooth=True, group_size=32),
+    "hadamard64_fp32_input": dict(m=17, k=128, bits=4, hadamard_block=64, dtype="float32"),
+    "fp16_input_lora": dict(m=25, k=160, bits=4, r=32, dtype="float16"),
+    "rowsum_total": dict(m=37, k=200, bits=4, rowsum_group=0),
+    "rowsum_group64_pertoken": dict(m=37, k=192, bits=4, rowsum_group=64),
+    "rowsum_group32_grouped": dict(m=20, k=128, bits=4, group_size=32, rowsum_group=32),
+}
+
+
+def _act_case(p: dict) -> str:
+    import torch
+
+    from vsrq.kernels.act_quant import act_quant
+    from vsrq.kernels.reference import act_quant_ref
+
+    dtype = getattr(torch, p.get("dtype", "bfloat16"))
+    x, ld, sm = _lin_inputs(p["m"], p["k"], dtype, p.get("r", 0), seed=p["m"] * 7 + p["k"])
+    kw = dict(
+        bits=p["bits"], group_size=p.get("group_size"), smooth=sm if p.get("smooth") else None,
+        hadamard_block=p.get("hadamard_block", 0), lora_down=ld, rowsum_group=p.get("rowsum_group"),
+    )
+    poison = torch.full((p["m"], p["k"]), -128, dtype=torch.int8)  # outside every valid range
+    got = act_quant(x, out_q=poison, **kw)
+    ref = act_quant_ref(x, **kw)
+    # |q| <= qmax by construction (scale = absmax / qmax), so -128 marks an unwritten value
+    assert int(got.q.min()) >= -((1 << (p["bits"] - 1)) - 1), "unwritten (poisoned) q values"
+    diff = (got.q.to(torch.int16) - ref.q.to(torch.int16)).abs()
+    rotated = bool(p.get("hadamard_block"))
+    if rotated:  # summation order of the rotation may move a value across a rounding edge
+        assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) <= 0.01, f"q mismatch {diff.sum()}"
+        assert _rel(got.scale, ref.scale) < 1e-5
+    else:
+        assert int(diff.max()) == 0, f"{int((diff > 0).sum())} q values differ"
+        assert torch.equal(got.scale, ref.scale), "scales differ"
+    if ref.rowsum is not None:
+        gs = p["rowsum_group"] or p["k"]
+        own = got.q.to(torch.int32).reshape(p["m"], -1, gs).sum(-1)
+        assert torch.equal(got.rowsum, own), "row sums disagree with the kernel's own q"
+        if not rotated:
+            assert torch.equal(got.rowsum, ref.rowsum)
+    if ld is not None:
+        e = _rel(got.lowrank.float(), ref.lowrank.float())
+        assert e < 1e-2, f"low-rank rel err {e}"
+    return f"max|dq|={int(diff.max())}"
+
+
+for _n, _p in _ACT.items():
+    case(f"act_quant[{_n}]")(lambda _p=_p: _act_case(_p))
+
+
+# ----------------------------------------------------------------------------- unpack
+
+
+@case("unpack[signed_even]")
+def _unpack_signed() -> str:
+    import torch
+
+    from vsrq.kernels.reference import unpack_int4_ref
+    from vsrq.kernels.unpack import unpack_int4_to_int8
+    from vsrq.quant.pack import pack_int4
+
+    q = torch.randint(-8, 8, (45, 130), dtype=torch.int8)
+    out = torch.full((45, 130), -128, dtype=torch.int8)
+    got = unpack_int4_to_int8(pack_int4(q), 130, out=out)
+    assert torch.equal(got, q) and torch.equal(got, unpack_int4_ref(pack_int4(q), 130))
+    return "exact"
+
+
+@case("unpack[unsigned_odd_k]")
+def _unpack_unsigned() -> str:
+    import torch
+
+    from vsrq.kernels.unpack import unpack_int4_to_int8
+    from vsrq.quant.pack import pack_int4
+
+    q = torch.randint(0, 16, (33, 131), dtype=torch.int8)
+    padded = torch.cat((q, torch.zeros(33, 1, dtype=torch.int8)), 1)
+    got = unpack_int4_to_int8(pack_int4(padded), 131, signed=False)
+    assert torch.equal(got, q)
+    return "exact"
+
+
+# ----------------------------------------------------------------------------- qgemm
+
+_GEMM = {
+    "ptr_channel_ragged": dict(impl="ptr", m=37, n=45, k=200),
+    "ptr_channel_w8a8": dict(impl="ptr", m=29, n=40, k=160, bits=8),
+    "ptr_group32_all_epilogue": dict(impl="ptr", m=37, n=45, k=192, group=32, r=20, bias=True,
+                                     act="gelu_tanh", gate=True, res=True),
+    "ptr_asym_channel": dict(impl="ptr", m=37, n=45, k=200, asym=True, bias=True),
+    "ptr_asym_group64": dict(impl="ptr", m=21, n=50, k=192, group=64, asym=True),
+    "ptr_wgroup_only": dict(impl="ptr", m=21, n=50, k=192, group=64, act_per_token=True),
+    "ptr_fp16_out": dict(impl="ptr", m=17, n=33, k=96, out="float16", r=8, bias=True),
+    "tma_channel_ragged_k": dict(impl="tma", m=37, n=45, k=208, r=20, bias=True),
+    "tma_group64_asym": dict(impl="tma", m=37, n=45, k=192, group=64, asym=True, gate=True),
+    "persistent_channel": dict(impl="persistent", m=70, n=80, k=208, r=16, act="gelu_tanh", res=True),
+    "persistent_group32": dict(impl="persistent", m=37, n=45, k=128, group=32, bias=True),
+}
+
+
+def _gemm_case(p: dict) -> str:
+    import torch
+
+    from vsrq.kernels.qgemm import qgemm
+    from vsrq.kernels.reference import act_quant_ref, qgemm_ref
+    from vsrq.quant.pack import quantize_weight
+
+    g = torch.Generator().manual_seed(p["m"] + p["n"] + p["k"])
+    m, n, k = p["m"], p["n"], p["k"]
+    bits = p.get("bits", 4)
+    group = p.get("group")
+    x = torch.randn(m, k, generator=g).to(torch.bfloat16)
+    w = torch.randn(n, k, generator=g)
+    qw, sw, zw = quantize_weight(w, bits, group, not p.get("asym"), torch.float16)
+    a_group = None if p.get("act_per_token") else group
+    gs = group if group else 0
+    r = p.get("r", 0)
+    ld = (torch.randn(k, r, generator=g) * 0.05).to(torch.bfloat16) if r else None
+    aq = act_quant_ref(x, bits, a_group, lora_down=ld, rowsum_group=gs if p.get("asym") else None)
+    kw = dict(
+        wzero=zw, rowsum=aq.rowsum,
+        bias=torch.randn(n, generator=g) if p.get("bias") else None,
+        lowrank=aq.lowrank, lora_up=(torch.randn(r, n, generator=g) * 0.05).to(torch.bfloat16) if r else None,
+        activation=p.get("act"),
+        gate=torch.randn(m, n, generator=g).to(torch.bfloat16) if p.get("gate") else None,
+        residual=torch.randn(m, n, generator=g).to(torch.bfloat16) if p.get("res") else None,
+    )
+    results = []
+    for out_dtype in (torch.float32, getattr(torch, p.get("out", "bfloat16"))):
+        out = torch.full((m, n), float("nan"), dtype=out_dtype)
+        got = qgemm(aq.q, aq.scale, qw, sw, out=out, out_dtype=out_dtype, impl=p["impl"], **kw)
+        ref = qgemm_ref(aq.q, aq.scale, qw, sw, out_dtype=out_dtype, **kw)
+        assert not torch.isnan(got).any(), "unwritten (poisoned) outputs"
+        e = _rel(got.float(), ref.float())
+        tol = 1e-5 if out_dtype == torch.float32 else 1e-2
+        assert e < tol, f"{out_dtype}: rel err {e:.3g} >= {tol}"
+        results.append(f"{e:.1e}")
+    return "rel=" + "/".join(results)
+
+
+for _n, _p in _GEMM.items():
+    case(f"qgemm[{_n}]")(lambda _p=_p: _gemm_case(_p))
+
+
+# ----------------------------------------------------------------------------- QuantLinear
+
+_QLIN = {
+    "w4a4_smooth_lora_bias": dict(k=192, n=80, bits=4, abits=4, smooth=True, rank=16),
+    "w4a4_group64_asym": dict(k=192, n=80, bits=4, abits=4, group=64, asym=True),
+    "w8a8_channel": dict(k=160, n=48, bits=8, abits=8),
+    "w4a4_hadamard_gelu_3d": dict(k=128, n=96, bits=4, abits=4, hadamard=64, act="gelu_tanh", lead=(2, 9)),
+    "w4a4_gate_residual_ragged_k": dict(k=200, n=72, bits=4, abits=4, rank=8, gate=True, res=True),
+    "w4a8_odd_k": dict(k=131, n=40, bits=4, abits=8),
+}
+
+
+def _qlin_case(p: dict) -> str:
+    import torch
+
+    from vsrq.quant.qlinear import QuantLinear
+
+    torch.manual_seed(p["k"] * 3 + p["n"])
+    lin = torch.nn.Linear(p["k"], p["n"])
+    smooth = torch.rand(p["k"]) + 0.5 if p.get("smooth") else None
+    ql = QuantLinear.from_linear(
+        lin, bits=p["bits"], act_bits=p["abits"], group_size=p.get("group"), symmetric=not p.get("asym"),
+        rank=p.get("rank", 0), smooth=smooth, hadamard_block=p.get("hadamard", 0), activation=p.get("act"),
+    )
+    lead = p.get("lead", (23,))
+    x = torch.randn(*lead, p["k"]).to(torch.bfloat16)
+    gate = torch.randn(*lead, p["n"]).to(torch.bfloat16) if p.get("gate") else None
+    res = torch.randn(*lead, p["n"]).to(torch.bfloat16) if p.get("res") else None
+    ql.backend = "reference"
+    ref = ql(x, gate=gate, residual=res)
+    ql.backend = "triton"
+    got = ql(x, gate=gate, residual=res)
+    assert got.shape == ref.shape == (*lead, p["n"])
+    e = _rel(got.float(), ref.float())
+    assert e <= 1e-2, f"triton vs reference rel err {e}"
+    return f"rel={e:.1e}"
+
+
+for _n, _p in _QLIN.items():
+    case(f"quant_linear[{_n}]")(lambda _p=_p: _qlin_case(_p))
+
+
+# ----------------------------------------------------------------------------- runner
+
+
+def main(shard: int, nshards: int) -> int:
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        print("this runner must be started with TRITON_INTERPRET=1", file=sys.stderr)
+        return 2
+    root = Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(root))
+    import torch
+
+    torch.set_num_threads(1)
+    for i, (name, fn) in enumerate(sorted(CASES.items())):
+        if i % nshards != shard:
+            continue
+        try:
+            detail, ok = fn(), True
+        except Exception as e:  # reported per case to the parent test
+            detail, ok = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}", False
+        print("CASE " + json.dumps({"name": name, "ok": ok, "detail": detail}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(int(sys.argv[1]) if len(sys.argv) > 1 else 0, int(sys.argv[2]) if len(sys.argv) > 2 else 1))

@@ -1,0 +1,35 @@
+"""Triton device helpers shared by the kernels."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def dot16(a, b, acc, INTERP: tl.constexpr):
+    """acc + a @ b for 16-bit operands (fp32 accumulate).
+
+    Under TRITON_INTERPRET the CPU interpreter (triton 3.9) multiplies bf16 operands as
+    their raw uint16 bit patterns, so there both sides are widened to fp32 first: the
+    products and fp32 sums are the same as the tensor-core path's.
+    """
+    if INTERP:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+    return tl.dot(a, b, acc)
+
+
+@triton.jit
+def cast16(x, dtype: tl.constexpr, INTERP: tl.constexpr):
+    """x.to(dtype) with round-to-nearest-even, also under the interpreter.
+
+    The GPU rounds fp32 -> bf16 to nearest even; the 3.9 CPU interpreter truncates, so
+    there the rounding is done on the bits first (then the cast is exact).
+    """
+    if INTERP:
+        if dtype == tl.bfloat16:
+            bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+            bits = bits + (((bits >> 16) & 1) + 0x7FFF)
+            bits = bits & 0xFFFF0000
+            return bits.to(tl.float32, bitcast=True).to(dtype)
+    return x.to(dtype)

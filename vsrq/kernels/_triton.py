@@ -1,0 +1,72 @@
+"""Triton availability and device facts shared by the kernel wrappers.
+
+Kept import-safe: nothing here imports triton at module import, so CPU-only installs
+(without triton) can still use the reference path.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from functools import lru_cache
+
+import torch
+
+
+@lru_cache(maxsize=1)
+def triton_available() -> bool:
+    """True when the triton package can be imported (it is optional: the `gpu` extra)."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # a broken install is treated as absent
+        return False
+    return True
+
+
+def interpreting() -> bool:
+    """True when Triton kernels run in the CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
+
+def can_run_triton(t: torch.Tensor) -> bool:
+    """Whether a Triton kernel can consume tensor ``t`` in this process."""
+    if not triton_available():
+        return False
+    return t.is_cuda or (interpreting() and t.device.type == "cpu")
+
+
+@lru_cache(maxsize=8)
+def capability(device_index: int) -> tuple[int, int]:
+    """CUDA compute capability; (0, 0) when there is no CUDA device (interpreter)."""
+    if not torch.cuda.is_available():
+        return (0, 0)
+    return torch.cuda.get_device_capability(device_index)
+
+
+@lru_cache(maxsize=8)
+def num_sms(device_index: int) -> int:
+    """Multiprocessor count (persistent grids size themselves by it)."""
+    if not torch.cuda.is_available():
+        return 4
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+@lru_cache(maxsize=8)
+def max_shared_memory(device_index: int) -> int:
+    """Opt-in shared memory per block in bytes (used to prune GEMM configs)."""
+    if not torch.cuda.is_available():
+        return 1 << 30
+    props = torch.cuda.get_device_properties(device_index)
+    return int(getattr(props, "shared_memory_per_block_optin", 0) or 99 * 1024)
+
+
+def next_pow2(n: int) -> int:
+    """Smallest power of two >= n (>= 1)."""
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def device_index(t: torch.Tensor) -> int:
+    return t.device.index if (t.is_cuda and t.device.index is not None) else (torch.cuda.current_device() if t.is_cuda else 0)

@@ -1,0 +1,49 @@
+"""A whole quantized linear layer on the Triton path: activation kernel, then GEMM.
+
+Kept separate from the two kernels so that QuantLinear and the benchmark run the very
+same composition; its pure-torch twin is ``reference.quant_linear_ref``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vsrq.kernels.act_quant import act_quant
+from vsrq.kernels.qgemm import qgemm
+from vsrq.kernels.reference import gemm_group_size
+
+__all__ = ["quant_linear"]
+
+
+def quant_linear(
+    x: torch.Tensor,
+    w_int: torch.Tensor,
+    wscale: torch.Tensor,
+    wzero: torch.Tensor | None = None,
+    a_bits: int = 4,
+    act_group: int | None = None,
+    smooth: torch.Tensor | None = None,
+    hadamard_block: int = 0,
+    lora_down: torch.Tensor | None = None,
+    lora_up: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    gate: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+    impl: str = "auto",
+    gemm_config: dict | None = None,
+    act_config: dict | None = None,
+) -> torch.Tensor:
+    """(M, K) input -> (M, N) output with int8-container weights ``w_int`` (N, K)."""
+    k = x.shape[1]
+    gs = gemm_group_size(k, act_group, wscale.shape[1])
+    aq = act_quant(
+        x, a_bits, act_group if act_group not in (0, k) else None, smooth, hadamard_block, lora_down,
+        rowsum_group=gs if wzero is not None else None, config=act_config,
+    )
+    return qgemm(
+        aq.q, aq.scale, w_int, wscale, wzero=wzero, rowsum=aq.rowsum, bias=bias, lowrank=aq.lowrank,
+        lora_up=lora_up, activation=activation, gate=gate, residual=residual,
+        out_dtype=out_dtype or x.dtype, impl=impl, config=gemm_config,
+    )

@@ -1,0 +1,193 @@
+"""Low-bit integer quantization and int4 packing: the pure-torch numerics contract.
+
+Every kernel in :mod:`vsrq.kernels` reproduces these functions bit for bit (up to
+float summation order where a matrix product is involved), so they are the single
+place where rounding, clamping and scale conventions are defined:
+
+* ``round(v) = floor(v + 0.5)`` (round half up; identical in torch and Triton).
+* signed ``b``-bit values lie in ``[-2^(b-1), 2^(b-1) - 1]``; symmetric scale is
+  ``absmax / (2^(b-1) - 1)``; a zero absmax gives scale 1 so every ``q`` is 0.
+* activations are divided by their scale as ``x * (1 / scale)``: one IEEE division per
+  row/group, then IEEE multiplies, which a kernel reproduces bit for bit (with fp
+  contraction off) at a fraction of the cost of a per-element division.
+* asymmetric (weights only) uses unsigned values ``[0, 2^b - 1]`` with an integer
+  zero point per (row, group): ``w ~ (q - z) * scale``.
+* packed int4: byte ``j`` of a row holds element ``2j`` in the low nibble and
+  ``2j + 1`` in the high nibble (two's complement for signed values).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "int_range",
+    "round_half_up",
+    "pack_int4",
+    "unpack_int4",
+    "quantize_weight",
+    "dequantize_weight",
+    "quantize_activation",
+    "dequantize_activation",
+    "fake_quant_weight",
+    "fake_quant_activation",
+]
+
+
+def _check_bits(bits: int) -> None:
+    if not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise ValueError(f"bits must be an int in 2..8, got {bits!r}")
+
+
+def int_range(bits: int, signed: bool = True) -> tuple[int, int]:
+    """(qmin, qmax) of a ``bits``-bit integer; signed uses two's complement."""
+    _check_bits(bits)
+    if signed:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+def round_half_up(x: torch.Tensor) -> torch.Tensor:
+    """floor(x + 0.5): the project's rounding, chosen because Triton reproduces it exactly."""
+    return torch.floor(x + 0.5)
+
+
+def _group_view(t: torch.Tensor, group_size: int | None) -> tuple[torch.Tensor, int]:
+    """View the last dim as (groups, group_size); None means one group of the whole dim."""
+    k = t.shape[-1]
+    g = k if group_size is None else int(group_size)
+    if g <= 0 or k % g != 0:
+        raise ValueError(f"group_size {group_size} must divide the last dimension {k}")
+    return t.reshape(*t.shape[:-1], k // g, g), g
+
+
+def _safe_scale(scale: torch.Tensor, scale_dtype: torch.dtype) -> torch.Tensor:
+    """Round the scale to its storage dtype and replace zeros by 1 (so q = 0, no division by 0)."""
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale)).to(scale_dtype)
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+# ----------------------------------------------------------------------------- packing
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """Pack int4 values (int8/uint8/int16/int32 tensor, last dim even) into uint8, two per byte.
+
+    Signed values in [-8, 7] are stored in two's complement, unsigned ones in [0, 15]
+    as is; the caller remembers which (``unpack_int4(..., signed=)``).
+    """
+    if q.dtype.is_floating_point or q.dtype == torch.bool:
+        raise TypeError(f"pack_int4 needs an integer tensor, got {q.dtype}")
+    if q.shape[-1] % 2 != 0:
+        raise ValueError(f"pack_int4 needs an even last dimension, got {q.shape[-1]}")
+    if q.numel() and (int(q.min()) < -8 or int(q.max()) > 15):
+        raise ValueError("pack_int4 values must lie in [-8, 7] (signed) or [0, 15] (unsigned)")
+    u = q.to(torch.int16) & 0xF
+    return (u[..., 0::2] | (u[..., 1::2] << 4)).to(torch.uint8)
+
+
+def unpack_int4(packed: torch.Tensor, signed: bool = True) -> torch.Tensor:
+    """Inverse of :func:`pack_int4`: uint8 (..., K/2) -> int8 (..., K)."""
+    if packed.dtype != torch.uint8:
+        raise TypeError(f"unpack_int4 needs a uint8 tensor, got {packed.dtype}")
+    p = packed.to(torch.int16)
+    lo = p & 0xF
+    hi = (p >> 4) & 0xF
+    if signed:
+        lo = (lo ^ 8) - 8
+        hi = (hi ^ 8) - 8
+    return torch.stack((lo, hi), dim=-1).flatten(-2).to(torch.int8)
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def quantize_weight(
+    w: torch.Tensor,
+    bits: int = 4,
+    group_size: int | None = None,
+    symmetric: bool = True,
+    scale_dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Round-to-nearest quantization of a (N out, K in) weight per output channel or per K-group.
+
+    Returns ``(q, scale, zero)``: q (N, K) int8 (uint8 for 8-bit asymmetric), scale
+    (N, K/g) in ``scale_dtype`` (q is computed against the *stored* scale so that
+    dequantization is consistent), zero (N, K/g) or None when symmetric.
+    """
+    _check_bits(bits)
+    if w.dim() != 2:
+        raise ValueError(f"quantize_weight expects a 2-D (out, in) weight, got shape {tuple(w.shape)}")
+    n, k = w.shape
+    wg, _ = _group_view(w.float(), group_size)
+    if symmetric:
+        qmin, qmax = int_range(bits, signed=True)
+        scale = _safe_scale(wg.abs().amax(dim=-1) / qmax, scale_dtype)
+        q = torch.clamp(round_half_up(wg / scale.float()[..., None]), qmin, qmax)
+        return q.reshape(n, k).to(torch.int8), scale, None
+    qmin, qmax = int_range(bits, signed=False)
+    lo = torch.clamp(wg.amin(dim=-1), max=0.0)
+    hi = torch.clamp(wg.amax(dim=-1), min=0.0)
+    scale = _safe_scale((hi - lo) / qmax, scale_dtype)
+    sf = scale.float()
+    zero = torch.clamp(round_half_up(-lo / sf), qmin, qmax)
+    q = torch.clamp(round_half_up(wg / sf[..., None]) + zero[..., None], qmin, qmax)
+    idt = torch.uint8 if bits == 8 else torch.int8
+    return q.reshape(n, k).to(idt), scale, zero.to(idt)
+
+
+def dequantize_weight(
+    q: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor | None = None,
+    group_size: int | None = None,
+) -> torch.Tensor:
+    """float32 (N, K) weight from (q, scale, zero) as produced by :func:`quantize_weight`."""
+    n, k = q.shape
+    qg, _ = _group_view(q.float(), group_size)
+    if zero is not None:
+        qg = qg - zero.float()[..., None]
+    return (qg * scale.float()[..., None]).reshape(n, k)
+
+
+def fake_quant_weight(
+    w: torch.Tensor,
+    bits: int = 4,
+    group_size: int | None = None,
+    symmetric: bool = True,
+    scale_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Quantize-dequantize a weight (float in, float out, same dtype as ``w``)."""
+    q, s, z = quantize_weight(w, bits, group_size, symmetric, scale_dtype)
+    return dequantize_weight(q, s, z, group_size).to(w.dtype)
+
+
+# ----------------------------------------------------------------------------- activations
+
+
+def quantize_activation(
+    x: torch.Tensor, bits: int = 4, group_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic symmetric quantization per token (last dim) or per group along it.
+
+    Returns q int8 (..., K) and scale float32 (..., K/g). q = round(x * (1/scale)) with
+    IEEE operations only, so kernels reproduce q exactly.
+    """
+    _check_bits(bits)
+    qmin, qmax = int_range(bits, signed=True)
+    xg, _ = _group_view(x.float(), group_size)
+    scale = _safe_scale(xg.abs().amax(dim=-1) / qmax, torch.float32)
+    q = torch.clamp(round_half_up(xg * (1.0 / scale)[..., None]), qmin, qmax)
+    return q.reshape(x.shape).to(torch.int8), scale
+
+
+def dequantize_activation(q: torch.Tensor, scale: torch.Tensor, group_size: int | None = None) -> torch.Tensor:
+    """float32 activation from (q, scale)."""
+    qg, _ = _group_view(q.float(), group_size)
+    return (qg * scale.float()[..., None]).reshape(q.shape)
+
+
+def fake_quant_activation(x: torch.Tensor, bits: int = 4, group_size: int | None = None) -> torch.Tensor:
+    """Quantize-dequantize an activation (float in, float out, same dtype as ``x``)."""
+    q, s = quantize_activation(x, bits, group_size)
+    return dequantize_activation(q, s, group_size).to(x.dtype)

@@ -1,0 +1,328 @@
+"""QuantLinear: a drop-in W4A4 / W8A8 replacement for ``nn.Linear``.
+
+Holds everything a quantized DiT linear layer needs as ``state_dict`` buffers (so a
+safetensors checkpoint round-trips): the packed int4 (or int8) weight, its scales and
+optional zero points, the smoothing vector, the low-rank factors, the bias, and a small
+``qmeta`` int tensor with the layer's configuration (``from_state_dict`` rebuilds the
+layer from it). ``forward`` runs the fused Triton kernels on CUDA and the pure-torch
+reference elsewhere; both compute the numerics defined in ``vsrq.quant.pack`` /
+``vsrq.kernels.reference``, so model code never needs to know which one ran.
+
+Calibration (smoothing, low-rank, learned bias alignment) is another module's job: it
+sets these buffers. ``from_linear`` here is plain round-to-nearest (RTN) with an
+optional SVD low-rank branch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+
+from vsrq.kernels._triton import can_run_triton
+from vsrq.kernels.reference import hadamard_matrix, hadamard_scale, quant_linear_ref, unpack_int4_ref
+from vsrq.quant.pack import dequantize_weight, pack_int4, quantize_weight
+
+__all__ = ["QuantLinear"]
+
+_QMETA_VERSION = 1
+_ACT_CODES = {None: 0, "gelu_tanh": 1}
+_ACT_NAMES = {v: k for k, v in _ACT_CODES.items()}
+_BACKENDS = ("auto", "triton", "reference")
+
+
+class QuantLinear(nn.Module):
+    """y = act_fn(x W^T + b) with low-bit W and dynamically quantized x (see module doc).
+
+    Construction fixes the structure (shapes, which buffers exist); values come from
+    :meth:`from_linear`, a calibration method, or ``load_state_dict``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        w_bits: int = 4,
+        a_bits: int = 4,
+        group_size: int | None = None,
+        act_group_size: int | None | str = "same",
+        symmetric: bool = True,
+        rank: int = 0,
+        smooth: bool = False,
+        hadamard_block: int = 0,
+        activation: str | None = None,
+        bias_align: bool = False,
+        lowrank_dtype: torch.dtype = torch.bfloat16,
+        scale_dtype: torch.dtype = torch.float16,
+        cache_int8: bool = False,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        k, n = int(in_features), int(out_features)
+        if not 2 <= w_bits <= 8 or not 2 <= a_bits <= 8:
+            raise ValueError("w_bits and a_bits must be in 2..8")
+        if not symmetric and w_bits == 8:
+            raise ValueError("8-bit asymmetric weights do not fit the int8 container")
+        agroup = group_size if act_group_size == "same" else act_group_size
+        for name, g in (("group_size", group_size), ("act_group_size", agroup)):
+            if g is not None and (g <= 0 or k % g):
+                raise ValueError(f"{name} {g} must divide in_features={k}")
+        if hadamard_block and (hadamard_block & (hadamard_block - 1) or k % hadamard_block):
+            raise ValueError(f"hadamard_block {hadamard_block} must be a power of two dividing {k}")
+        if activation not in _ACT_CODES:
+            raise ValueError(f"activation must be one of {list(_ACT_CODES)}")
+        if not 0 <= rank <= min(k, n, 128):
+            raise ValueError(f"rank {rank} must be in 0..min(in, out, 128)")
+        if lowrank_dtype not in (torch.bfloat16, torch.float16):
+            raise ValueError("lowrank_dtype must be bfloat16 or float16")
+        self.in_features, self.out_features = k, n
+        self.w_bits, self.a_bits = int(w_bits), int(a_bits)
+        self.group_size = None if group_size in (None, k) else int(group_size)
+        self.act_group_size = None if agroup in (None, k) else int(agroup)
+        self.symmetric = bool(symmetric)
+        self.rank = int(rank)
+        self.hadamard_block = int(hadamard_block)
+        self.activation = activation
+        self.cache_int8 = bool(cache_int8)
+        self.backend = "auto"
+        self.packed = self.w_bits <= 4
+        gw = 1 if self.group_size is None else k // self.group_size
+        if self.packed:
+            qweight = torch.zeros(n, (k + 1) // 2, dtype=torch.uint8, device=device)
+        else:
+            qweight = torch.zeros(n, k, dtype=torch.int8, device=device)
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("wscale", torch.ones(n, gw, dtype=scale_dtype, device=device))
+        self.register_buffer(
+            "wzero", None if symmetric else torch.zeros(n, gw, dtype=torch.int8, device=device)
+        )
+        self.register_buffer("bias", torch.zeros(n, dtype=torch.float32, device=device) if bias else None)
+        self.bias_align = (
+            nn.Parameter(torch.zeros(n, dtype=torch.float32, device=device), requires_grad=False)
+            if bias_align
+            else None
+        )
+        self.register_buffer("smooth", torch.ones(k, dtype=torch.float32, device=device) if smooth else None)
+        self.register_buffer(
+            "lora_down", torch.zeros(k, rank, dtype=lowrank_dtype, device=device) if rank else None
+        )
+        self.register_buffer("lora_up", torch.zeros(rank, n, dtype=lowrank_dtype, device=device) if rank else None)
+        self.register_buffer("qmeta", self._meta_tensor(bias, smooth, bias_align, device))
+        self._w8_cache: torch.Tensor | None = None
+        self._w8_key: tuple | None = None
+
+    # ------------------------------------------------------------------ config <-> tensor
+
+    def _meta_tensor(self, bias: bool, smooth: bool, bias_align: bool, device: Any) -> torch.Tensor:
+        vals = [
+            _QMETA_VERSION, self.in_features, self.out_features, self.w_bits, self.a_bits,
+            self.group_size or 0, self.act_group_size or 0, int(self.symmetric), self.rank,
+            self.hadamard_block, int(bias), int(smooth), int(bias_align), _ACT_CODES[self.activation],
+        ]
+        return torch.tensor(vals, dtype=torch.int32, device=device)
+
+    @staticmethod
+    def config_from_meta(meta: torch.Tensor) -> dict:
+        """Constructor kwargs encoded in a ``qmeta`` buffer (checkpoint -> module)."""
+        v = [int(t) for t in meta.tolist()]
+        if v[0] != _QMETA_VERSION:
+            raise ValueError(f"unsupported QuantLinear qmeta version {v[0]}")
+        return dict(
+            in_features=v[1], out_features=v[2], w_bits=v[3], a_bits=v[4], group_size=v[5] or None,
+            act_group_size=v[6] or None, symmetric=bool(v[7]), rank=v[8], hadamard_block=v[9], bias=bool(v[10]),
+            smooth=bool(v[11]), bias_align=bool(v[12]), activation=_ACT_NAMES[v[13]],
+        )
+
+    @classmethod
+    def from_state_dict(
+        cls, state: Mapping[str, torch.Tensor], prefix: str = "", **kwargs: Any
+    ) -> "QuantLinear":
+        """Build a layer of the right structure from a (safetensors) state dict and load it."""
+        cfg = cls.config_from_meta(state[prefix + "qmeta"])
+        cfg["scale_dtype"] = state[prefix + "wscale"].dtype
+        if cfg["rank"]:
+            cfg["lowrank_dtype"] = state[prefix + "lora_down"].dtype
+        cfg.update(kwargs)
+        k, n = cfg.pop("in_features"), cfg.pop("out_features")
+        mod = cls(k, n, **cfg)
+        sub = {key[len(prefix):]: t for key, t in state.items() if key.startswith(prefix)}
+        mod.load_state_dict(sub)
+        return mod
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:  # noqa: D401 - torch hook
+        key = prefix + "qmeta"
+        if key in state_dict and not torch.equal(state_dict[key].cpu().to(torch.int32), self.qmeta.cpu()):
+            error_msgs.append(
+                f"{key}: checkpoint layer config {self.config_from_meta(state_dict[key])} does not match "
+                f"this layer's; build it with QuantLinear.from_state_dict"
+            )
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        self._w8_cache = None
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    @torch.no_grad()
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        bits: int = 4,
+        act_bits: int = 4,
+        group_size: int | None = None,
+        act_group_size: int | None | str = "same",
+        symmetric: bool = True,
+        rank: int = 0,
+        smooth: torch.Tensor | None = None,
+        hadamard_block: int = 0,
+        activation: str | None = None,
+        bias_align: bool = False,
+        lowrank_dtype: torch.dtype = torch.bfloat16,
+        scale_dtype: torch.dtype = torch.float16,
+        cache_int8: bool = False,
+    ) -> "QuantLinear":
+        """RTN-quantize an ``nn.Linear``: W' = (W * smooth) H; low-rank = top-``rank`` SVD
+        of W' (its 16-bit rounding is folded into the residual); the residual is quantized."""
+        w = linear.weight.detach().float()
+        n, k = w.shape
+        dev = w.device
+        mod = cls(
+            k, n, linear.bias is not None, w_bits=bits, a_bits=act_bits, group_size=group_size,
+            act_group_size=act_group_size, symmetric=symmetric, rank=rank, smooth=smooth is not None,
+            hadamard_block=hadamard_block, activation=activation, bias_align=bias_align,
+            lowrank_dtype=lowrank_dtype, scale_dtype=scale_dtype, cache_int8=cache_int8, device=dev,
+        )
+        if smooth is not None:
+            sm = smooth.detach().float().to(dev)
+            if sm.shape != (k,) or not bool((sm > 0).all()):
+                raise ValueError("smooth must be a positive (in_features,) vector")
+            mod.smooth.copy_(sm)
+            w = w * sm[None, :]
+        if hadamard_block:
+            b = hadamard_block
+            h = hadamard_matrix(b, torch.float32, dev) * hadamard_scale(b)
+            w = (w.reshape(n, k // b, b) @ h).reshape(n, k)
+        if rank:
+            u, s, vh = torch.linalg.svd(w, full_matrices=False)
+            root = s[:rank].sqrt()
+            mod.lora_down.copy_((vh[:rank].T * root[None, :]).to(lowrank_dtype))
+            mod.lora_up.copy_((root[:, None] * u[:, :rank].T).to(lowrank_dtype))
+            w = w - (mod.lora_down.float() @ mod.lora_up.float()).T
+        q, scale, zero = quantize_weight(w, bits, mod.group_size, symmetric, scale_dtype)
+        mod.set_quantized_weight(q, scale, zero)
+        if linear.bias is not None:
+            mod.bias.copy_(linear.bias.detach().float())
+        return mod
+
+    @torch.no_grad()
+    def set_quantized_weight(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None = None) -> None:
+        """Store integer weights (N, K) (packed when w_bits <= 4), scales and zero points."""
+        n, k = self.out_features, self.in_features
+        if q.shape != (n, k) or scale.shape != self.wscale.shape:
+            raise ValueError(f"expected q {(n, k)} and scale {tuple(self.wscale.shape)}")
+        if (zero is None) != self.symmetric:
+            raise ValueError("zero points must be given exactly for asymmetric layers")
+        if self.packed:
+            if k % 2:
+                q = torch.cat((q, torch.zeros(n, 1, dtype=q.dtype, device=q.device)), 1)
+            self.qweight.copy_(pack_int4(q))
+        else:
+            self.qweight.copy_(q.to(torch.int8))
+        self.wscale.copy_(scale)
+        if zero is not None:
+            self.wzero.copy_(zero.to(torch.int8))
+        self._w8_cache = None
+
+    # ------------------------------------------------------------------ weights
+
+    def int_weight(self) -> torch.Tensor:
+        """(N, K) int8 container of the weight values (pure torch; any device)."""
+        if self.packed:
+            return unpack_int4_ref(self.qweight, self.in_features, signed=self.symmetric)
+        return self.qweight
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """Float32 W' (smoothed/rotated, low-rank removed) as the quantized layer sees it."""
+        return dequantize_weight(self.int_weight(), self.wscale, self.wzero, self.group_size)
+
+    def _int8_weight_triton(self) -> torch.Tensor:
+        """int8 weights for the GEMM: re-materialised per call, or cached (2x packed memory)."""
+        if not self.packed:
+            return self.qweight
+        key = (self.qweight.data_ptr(), self.qweight._version, self.qweight.device)
+        if self.cache_int8 and self._w8_cache is not None and self._w8_key == key:
+            return self._w8_cache
+        from vsrq.kernels.unpack import unpack_int4_to_int8
+
+        w8 = unpack_int4_to_int8(self.qweight, self.in_features, signed=self.symmetric)
+        if self.cache_int8:
+            self._w8_cache, self._w8_key = w8, key
+        return w8
+
+    def effective_bias(self) -> torch.Tensor | None:
+        """bias + bias_align (the alignment vector folds into the epilogue's bias add)."""
+        if self.bias_align is None:
+            return self.bias
+        return self.bias_align if self.bias is None else self.bias + self.bias_align
+
+    # ------------------------------------------------------------------ forward
+
+    def _use_triton(self, x: torch.Tensor) -> bool:
+        if self.backend not in _BACKENDS:
+            raise ValueError(f"backend must be one of {_BACKENDS}")
+        if self.backend == "reference":
+            return False
+        ok = can_run_triton(x)
+        if self.backend == "triton" and not ok:
+            raise RuntimeError("backend='triton' needs a CUDA tensor (or TRITON_INTERPRET=1 on CPU) and triton")
+        if self.backend == "auto":
+            return ok and x.is_cuda
+        return ok
+
+    def forward(
+        self, x: torch.Tensor, gate: torch.Tensor | None = None, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """y = [act](quant_linear(x)) [* gate] [+ residual]; leading dims are flattened."""
+        k, n = self.in_features, self.out_features
+        if x.shape[-1] != k:
+            raise ValueError(f"expected last dim {k}, got {x.shape[-1]}")
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, k)
+        g2 = None if gate is None else gate.reshape(-1, n)
+        r2 = None if residual is None else residual.reshape(-1, n)
+        common = dict(
+            wzero=self.wzero, a_bits=self.a_bits, act_group=self.act_group_size, smooth=self.smooth,
+            hadamard_block=self.hadamard_block, lora_down=self.lora_down, lora_up=self.lora_up,
+            bias=self.effective_bias(), activation=self.activation, out_dtype=x.dtype,
+        )
+        if self._use_triton(x2):
+            from vsrq.kernels.linear import quant_linear
+
+            if x2.stride(-1) != 1:
+                x2 = x2.contiguous()
+            g2 = None if g2 is None else g2.contiguous()
+            r2 = None if r2 is None else r2.contiguous()
+            y = quant_linear(x2, self._int8_weight_triton(), self.wscale, gate=g2, residual=r2, **common)
+        else:
+            y = quant_linear_ref(x2, self.int_weight(), self.wscale, gate=g2, residual=r2, **common)
+        return y.reshape(*lead, n)
+
+    def weight_bytes(self) -> int:
+        """Bytes of the resident quantized weight (packed ints + scales + zeros + low-rank)."""
+        tensors = [self.qweight, self.wscale, self.wzero, self.lora_down, self.lora_up]
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+    def extra_repr(self) -> str:
+        g = self.group_size or "channel"
+        ag = self.act_group_size or "token"
+        return (
+            f"in={self.in_features}, out={self.out_features}, W{self.w_bits}A{self.a_bits}, "
+            f"w_group={g}, a_group={ag}, symmetric={self.symmetric}, rank={self.rank}, "
+            f"smooth={self.smooth is not None}, hadamard={self.hadamard_block}, act={self.activation}"
+        )
+
