@@ -295,8 +295,10 @@ def _fits(cfg: dict, block_k: int, dev: int) -> bool:
 
 # ----------------------------------------------------------------------------- autotuning
 # Small home-made tuner (instead of triton.autotune) because the TMA descriptors' block
-# shapes depend on the config and the grouped mode fixes BLOCK_K from the data. It times
-# each fitting candidate once per (shape bucket, flags) with triton's do_bench and caches.
+# shapes depend on the config, the grouped mode fixes BLOCK_K from the data, and the
+# implementation itself (pointer vs TMA) is a tuning choice. It times each candidate
+# that fits the device's shared memory once per (M bucket, N, K, flags) with triton's
+# do_bench, and caches the winner for the process. Call once outside CUDA-graph capture.
 
 _TUNE_CACHE: dict[tuple, dict] = {}
 
@@ -316,7 +318,7 @@ def _launch(impl: str, cfg: dict, args: dict) -> None:
         args["gate"], args["res"],
     )
     flags = dict(
-        GROUPED=bool(args["group"]), ASYM=args["asym"], FP8=args["fp8"], FP8_ACC_K=args["fp8_acc_k"],
+        GROUPED=bool(args["group"]), ASYM=args["asym"], FP8=args["fp8"], FP8_ACC_K=min(args["fp8_acc_k"], bk),
         HAS_BIAS=args["has_bias"], HAS_LORA=args["has_lora"], BLOCK_R=args["block_r"],
         ACT_GELU=args["gelu"], HAS_GATE=args["has_gate"], HAS_RES=args["has_res"],
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["GROUP_M"],
@@ -342,45 +344,49 @@ def _launch(impl: str, cfg: dict, args: dict) -> None:
     )
 
 
-def _tune(impl: str, args: dict, key: tuple) -> dict:
-    from triton.testing import do_bench
+def _tma_ok(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Hopper, and every row 16-byte aligned (what TMA descriptors require)."""
+    return (
+        a.is_cuda
+        and capability(device_index(a))[0] >= 9
+        and a.shape[1] % 16 == 0
+        and a.stride(0) % 16 == 0
+        and b.stride(0) % 16 == 0
+        and a.data_ptr() % 16 == 0
+        and b.data_ptr() % 16 == 0
+    )
 
+
+def _candidates(impls: tuple[str, ...], args: dict) -> list[tuple[str, dict]]:
     arch = _arch_of(args["a"])
     dev = device_index(args["a"])
-    cands = gemm_configs(arch, bool(args["group"]))
+    cfgs = gemm_configs(arch, bool(args["group"]))
     bk_of = (lambda c: args["group"]) if args["group"] else (lambda c: c["BLOCK_K"])
-    cands = [c for c in cands if _fits(c, bk_of(c), dev)] or cands[-1:]
+    cfgs = [c for c in cfgs if _fits(c, bk_of(c), dev)] or cfgs[-1:]
+    return [(impl, c) for impl in impls for c in cfgs]
+
+
+def _tune(impls: tuple[str, ...], args: dict, key: tuple) -> tuple[str, dict]:
+    """Time every (implementation, config) candidate once and cache the fastest."""
+    from triton.testing import do_bench
+
     best, best_t = None, float("inf")
-    for cfg in cands:
+    for impl, cfg in _candidates(impls, args):
         try:
             t = do_bench(lambda: _launch(impl, cfg, args), warmup=5, rep=20, return_mode="median")
         except Exception:  # config does not compile / fit on this device: skip it
             continue
         if t < best_t:
-            best, best_t = cfg, t
+            best, best_t = (impl, cfg), t
     if best is None:
         raise RuntimeError(f"no qgemm config could run for {key}")
     _TUNE_CACHE[key] = best
     return best
 
 
-def _default_impl(a: torch.Tensor, b: torch.Tensor) -> str:
-    if interpreting() and not a.is_cuda:
-        return "ptr"
-    k = a.shape[1]
-    tma_ok = (
-        capability(device_index(a))[0] >= 9
-        and k % 16 == 0
-        and a.stride(0) % 16 == 0
-        and b.stride(0) % 16 == 0
-        and a.data_ptr() % 16 == 0
-        and b.data_ptr() % 16 == 0
-    )
-    return DEFAULT_SM90_IMPL if tma_ok else "ptr"
-
-
-# Chosen from the H100 measurements in docs/PERF.md ("Kernels").
-DEFAULT_SM90_IMPL = "tma"
+# Implementations the tuner tries on Hopper for impl="auto". Until the H100 runs in
+# docs/PERF.md pick one, both the pointer and the TMA kernel compete per shape.
+SM90_AUTO_IMPLS: tuple[str, ...] = ("ptr", "tma")
 
 
 def qgemm(
@@ -481,16 +487,16 @@ def qgemm(
             gate.stride(0) if gate is not None else 0, residual.stride(0) if residual is not None else 0,
         ),
     }
-    if impl == "auto":
-        impl = _default_impl(qa, qw)
-    if impl != "ptr" and (k % 16 or qa.stride(0) % 16 or qw.stride(0) % 16):
-        impl = "ptr"  # TMA needs 16-byte aligned rows
-    if config is None:
-        if _arch_of(qa) == "interp":
-            config = dict(_INTERP)
-        else:
-            key = (impl, _m_bucket(m), n, k, group, asym, fp8, fp8_acc_k, has_lora, activation, gate is not None,
-                   residual is not None, c.dtype, str(dev))
-            config = _TUNE_CACHE.get(key) or _tune(impl, args, key)
+    if impl != "auto" and impl != "ptr" and qa.is_cuda and not _tma_ok(qa, qw):
+        impl = "ptr"  # TMA needs Hopper and 16-byte aligned rows
+    if config is None and _arch_of(qa) == "interp":
+        impl, config = ("ptr" if impl == "auto" else impl), dict(_INTERP)
+    elif config is None:
+        impls = (SM90_AUTO_IMPLS if _tma_ok(qa, qw) else ("ptr",)) if impl == "auto" else (impl,)
+        key = (impls, _m_bucket(m), n, k, group, asym, fp8, fp8_acc_k, has_lora, activation, gate is not None,
+               residual is not None, c.dtype, str(dev))
+        impl, config = _TUNE_CACHE.get(key) or _tune(impls, args, key)
+    elif impl == "auto":
+        impl = "tma" if _tma_ok(qa, qw) else "ptr"
     _launch(impl, config, args)
     return c

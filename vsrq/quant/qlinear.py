@@ -113,6 +113,24 @@ class QuantLinear(nn.Module):
         self.register_buffer("qmeta", self._meta_tensor(bias, smooth, bias_align, device))
         self._w8_cache: torch.Tensor | None = None
         self._w8_key: tuple | None = None
+        self._scale_dtype = scale_dtype
+        self._lowrank_dtype = lowrank_dtype
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
+        """Let ``.to(device)`` move everything, but keep the numerics-defining dtypes:
+        ``model.half()`` must not round scales, smoothing or bias (the integer buffers
+        are never touched by float casts anyway)."""
+        super()._apply(fn, recurse)
+        fixed = {"wscale": self._scale_dtype, "smooth": torch.float32, "bias": torch.float32,
+                 "lora_down": self._lowrank_dtype, "lora_up": self._lowrank_dtype}
+        for name, dt in fixed.items():
+            t = self._buffers.get(name)
+            if t is not None and t.dtype != dt:
+                self._buffers[name] = t.to(dt)
+        if self.bias_align is not None and self.bias_align.dtype != torch.float32:
+            self.bias_align.data = self.bias_align.data.float()
+        self._w8_cache = None
+        return self
 
     # ------------------------------------------------------------------ config <-> tensor
 
