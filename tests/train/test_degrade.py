@@ -130,3 +130,16 @@ def test_hevc_is_reproducible_below_one_ctu(hr_size: int) -> None:
     outs = [degrade(hr, p, seed=1) for _ in range(4)]
     assert outs[0].shape == (4, hr_size // 4, hr_size // 4, 3)
     assert all(np.array_equal(outs[0], o) for o in outs[1:])
+
+
+def test_opencv_decode_matches_pyav(monkeypatch):
+    """Where PyAV is absent (the GPU image) clips decode through OpenCV, bit for bit the same."""
+    pytest.importorskip("cv2")
+    import vsrq.train.degrade as dg
+
+    rng = np.random.default_rng(0)
+    clip = (rng.random((4, 32, 32, 3)) * 255).astype(np.uint8)
+    data = dg.encode_clip(clip, "rgb-crf", quality=10)  # how the training set stores HR clips
+    expected = dg.decode_clip(data)
+    monkeypatch.setattr(dg, "av", None)
+    np.testing.assert_array_equal(dg.decode_clip(data), expected)

@@ -29,7 +29,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import av
+try:
+    import av
+except ImportError:  # the GPU image has no PyAV: training-set clips then decode through OpenCV's FFmpeg
+    av = None  # type: ignore[assignment]
 import numpy as np
 import torch
 import torch.nn.functional as F
