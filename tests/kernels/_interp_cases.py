@@ -148,6 +148,7 @@ _GEMM = {
     "ptr_fp16_out": dict(impl="ptr", m=17, n=33, k=96, out="float16", r=8, bias=True),
     "tma_channel_ragged_k": dict(impl="tma", m=37, n=45, k=208, r=20, bias=True),
     "tma_group64_asym": dict(impl="tma", m=37, n=45, k=192, group=64, asym=True, gate=True),
+    "tma_request_unaligned_k_falls_back": dict(impl="tma", m=20, n=30, k=200, bias=True),
     "persistent_channel": dict(impl="persistent", m=70, n=80, k=208, r=16, act="gelu_tanh", res=True),
     "persistent_group32": dict(impl="persistent", m=37, n=45, k=128, group=32, bias=True),
 }

@@ -25,7 +25,10 @@ _TIMEOUT_S = 600
 
 
 def _triton_importable() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):  # a stubbed-out or broken triton counts as absent
+        return False
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ Kept import-safe: nothing here imports triton at module import, so CPU-only inst
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from functools import lru_cache
 
@@ -16,14 +15,11 @@ import torch
 @lru_cache(maxsize=1)
 def triton_available() -> bool:
     """True when the triton package can be imported (it is optional: the `gpu` extra)."""
-    if importlib.util.find_spec("triton") is None:
-        return False
     try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
-    except Exception:  # a broken install is treated as absent
+        import triton.language as tl  # also fails on some broken installs
+    except Exception:  # absent or broken: the reference path is used
         return False
-    return True
+    return tl is not None
 
 
 def interpreting() -> bool:

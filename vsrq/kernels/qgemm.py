@@ -345,10 +345,9 @@ def _launch(impl: str, cfg: dict, args: dict) -> None:
 
 
 def _tma_ok(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Hopper, and every row 16-byte aligned (what TMA descriptors require)."""
+    """Hopper (or the interpreter), and every row 16-byte aligned (TMA descriptors' rule)."""
     return (
-        a.is_cuda
-        and capability(device_index(a))[0] >= 9
+        (capability(device_index(a))[0] >= 9 if a.is_cuda else interpreting())
         and a.shape[1] % 16 == 0
         and a.stride(0) % 16 == 0
         and b.stride(0) % 16 == 0
@@ -446,6 +445,7 @@ def qgemm(
             raise ValueError("asymmetric weights need the activation row sums")
         if rowsum.shape != (m, groups) or rowsum.dtype != torch.int32:
             raise ValueError(f"rowsum must be int32 (M, {groups})")
+        rowsum = rowsum if rowsum.stride(1) == 1 else rowsum.contiguous()
     r = 0 if lora_up is None or lowrank is None else int(lora_up.shape[0])
     has_lora = r > 0
     if has_lora and (lowrank.shape != (m, r) or lora_up.shape[1] != n or lowrank.dtype != lora_up.dtype):
@@ -487,7 +487,7 @@ def qgemm(
             gate.stride(0) if gate is not None else 0, residual.stride(0) if residual is not None else 0,
         ),
     }
-    if impl != "auto" and impl != "ptr" and qa.is_cuda and not _tma_ok(qa, qw):
+    if impl in ("tma", "persistent") and not _tma_ok(qa, qw):
         impl = "ptr"  # TMA needs Hopper and 16-byte aligned rows
     if config is None and _arch_of(qa) == "interp":
         impl, config = ("ptr" if impl == "auto" else impl), dict(_INTERP)
