@@ -191,6 +191,81 @@ def bench(
             typer.echo(line)
 
 
+TINY_CONFIG = {"dim": 96, "depth": 4, "heads": 4, "mlp_ratio": 2.0, "patch": [1, 2, 2], "window": [4, 8, 8], "scale": 4}
+
+
+@app.command()
+@friendly_errors
+def train(
+    data: Path = typer.Option(..., "--data", help="Packed training set (python -m vsrq.train.data build)."),
+    run: Path = typer.Option(..., "--run", help="Run directory: state, log; resumed if it exists."),
+    config: str = typer.Option(json.dumps(TINY_CONFIG), "--config", help="DiT config as JSON."),
+    steps: int = typer.Option(8000, "--steps", help="Total optimizer steps of the whole run."),
+    minutes: float = typer.Option(9.0, "--minutes", help="Stop this slice after so many minutes (resume later)."),
+    batch: int = typer.Option(32, "--batch"),
+    crop: int = typer.Option(32, "--crop", help="LR crop size (HR is scale times larger)."),
+    frames: int = typer.Option(8, "--frames"),
+    lr: float = typer.Option(5e-4, "--lr"),
+    seed: int = typer.Option(0, "--seed"),
+    workers: int = typer.Option(4, "--workers"),
+    export: Optional[Path] = typer.Option(None, "--export", help="Write the EMA weights here (fp16) when the slice ends."),
+) -> None:
+    """Train (a slice of) the VSR DiT; bf16 autocast on CUDA; resumable."""
+    from vsrq.train.trainer import PackedPairs, TrainOptions, export_weights, train as run_training
+
+    try:
+        cfg = json.loads(config)
+    except ValueError:
+        fail("--config must be JSON", 2)
+    opts = TrainOptions(run_dir=run, model=cfg, steps=steps, batch=batch, crop=crop, frames=frames, lr=lr, seed=seed, minutes=minutes, workers=workers)
+    summary = run_training(PackedPairs(data), opts, log=lambda line: typer.echo(line, err=True))
+    typer.echo(json.dumps(summary))
+    if export is not None:
+        export_weights(run, export)
+        typer.echo(f"exported EMA weights at step {summary['step']} to {export}", err=True)
+
+
+@app.command(name="eval")
+@friendly_errors
+def evaluate_cmd(
+    eval_dir: Path = typer.Option(..., "--eval", help="Held-out set (python -m vsrq.train.data eval)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m"),
+    device: str = typer.Option("auto", "--device", "-d"),
+    chunk: int = typer.Option(8, "--chunk"),
+    overlap: int = typer.Option(2, "--overlap"),
+    png: Optional[Path] = typer.Option(None, "--png", help="Side-by-side crop (bicubic | model | HR) of the first clip."),
+    temporal: bool = typer.Option(True, "--temporal/--no-temporal", help="Warping error (needs opencv-python-headless)."),
+) -> None:
+    """PSNR-Y / SSIM-Y / warping error of a model against bicubic and Lanczos on held-out clips."""
+    import numpy as np
+
+    from vsrq.eval.baselines import bicubic_upscale
+    from vsrq.eval.report import BASELINES, evaluate, format_table
+    from vsrq.models.loader import load_model
+    from vsrq.pipeline.upscale import ChunkUpscaler, UpscaleOptions, upscale_clip
+    from vsrq.train.data import load_eval_set
+
+    clips = load_eval_set(eval_dir)
+    loaded = load_model(model)
+    upscaler = ChunkUpscaler(loaded, UpscaleOptions(chunk=chunk, overlap=overlap, device=device))
+    rows = evaluate("ground truth", None, clips, temporal=temporal)
+    for name, fn in BASELINES.items():
+        rows += evaluate(name, fn, clips, temporal=temporal)
+    rows += evaluate(f"{loaded.name} [{loaded.precision}]", lambda lr: upscale_clip(upscaler, lr), clips, temporal=temporal)
+    typer.echo(format_table(rows))
+    if png is not None:
+        from vsrq.io.image import write_png
+
+        c = clips[0]
+        t = len(c.hr) // 2
+        h, w = c.hr.shape[1:3]
+        ys, xs = slice(h // 4, h // 4 + h // 2), slice(w // 3, w // 3 + w // 3)
+        ours = upscale_clip(upscaler, c.lr)[t]
+        panel = np.concatenate([np.asarray(bicubic_upscale(c.lr[t:t + 1]))[0][ys, xs], ours[ys, xs], c.hr[t][ys, xs]], axis=1)
+        write_png(png, panel)
+        typer.echo(f"wrote {png} (bicubic | {loaded.name} | HR, clip {c.name}, frame {t})", err=True)
+
+
 def main() -> None:
     app()
 

@@ -119,6 +119,16 @@ class ChunkUpscaler:
         return frames.cpu()
 
 
+def upscale_clip(upscaler: ChunkUpscaler, clip: np.ndarray) -> np.ndarray:
+    """Upscale an in-memory clip (T, h, w, 3) uint8 with the same chunking and cross-fade as files."""
+    fader = CrossFader(upscaler.opts.overlap)
+    out = []
+    for start, chunk in iter_chunks(list(clip), upscaler.opts.chunk, upscaler.opts.overlap):
+        out.append(fader.push(start, upscaler(frames_to_tensor(chunk))))
+    out.append(fader.flush())
+    return np.stack([tensor_to_image(f, high_depth=False) for f in torch.cat(out)])
+
+
 def upscale_file(
     src: Path,
     dst: Path,

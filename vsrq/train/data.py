@@ -625,6 +625,10 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.meta)
 
+    def num_variants(self, index: int) -> int:
+        """How many independently degraded LR versions clip `index` has."""
+        return len(self._lr[index])
+
     def load_clip(self, index: int, variant: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """The stored (lr, hr) uint8 clips, (T, h, w, 3) and (T, H, W, 3), without augmentation."""
         if self._cache is not None and (index, variant) in self._cache:

@@ -61,6 +61,22 @@ class TrainOptions:
         return json.dumps(d)
 
 
+class PackedPairs:
+    """A packed training set (vsrq.train.data) as LR/HR pairs: every clip in each of its LR variants."""
+
+    def __init__(self, root: Path) -> None:
+        from vsrq.train.data import ClipDataset
+
+        self.clips = ClipDataset(root, crop=None, augment=False, cache=True)
+        self.index = [(i, j) for i in range(len(self.clips)) for j in range(self.clips.num_variants(i))]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.clips.load_clip(*self.index[index])
+
+
 class CropDataset(Dataset):
     """Random aligned crops, flips and time reversal of stored pairs; item = (clip index, seed)."""
 
