@@ -149,20 +149,56 @@ def models(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
 @app.command()
 @friendly_errors
 def quantize(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to quantize (registry name or checkpoint)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to quantize (registry name or checkpoint); default: the default model."),
     bits: int = typer.Option(4, "--bits", help="Weight bits (2-8)."),
-    act_bits: Optional[int] = typer.Option(None, "--act-bits", help="Activation bits (default: same as --bits)."),
-    method: str = typer.Option("default", "--method", help="Method name or recipe.toml."),
-    calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration videos (file or folder)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output checkpoint (.safetensors)."),
-    report: Optional[Path] = typer.Option(None, "--report", help="Write a JSON report here."),
+    act_bits: Optional[int] = typer.Option(None, "--act-bits", help="Activation bits (2-8; default: same as --bits)."),
+    method: str = typer.Option("rtn", "--method", help="Preset name (vsrq quantize --list) or a recipe .toml file."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration video or folder of videos; default: the built-in set."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output checkpoint (.safetensors), written atomically."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write the full JSON report here."),
+    group_size: Optional[int] = typer.Option(None, "--group-size", help="Weight group size along K (default: the recipe's)."),
+    rank: Optional[int] = typer.Option(None, "--rank", help="Low-rank branch rank (default: the recipe's)."),
+    overwrite: bool = typer.Option(False, "--overwrite", "-y"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Post-training quantization to a packed low-bit checkpoint."""
-    from vsrq.errors import NotAvailableError
+    """Post-training quantization to a packed low-bit checkpoint (see docs/QUANT.md for the methods)."""
+    from tqdm import tqdm
+
+    from vsrq.models.loader import ARCHITECTURES, load_model
+    from vsrq.quant.calibrate import clips_from_videos, default_calibration_clips, find_videos
+    from vsrq.quant.checkpoint import save_quantized
+    from vsrq.quant.engine import quantize_model
+    from vsrq.quant.recipe import load_recipe
 
     if not 2 <= bits <= 8:
         fail(f"--bits must be between 2 and 8, got {bits}", 2)
-    raise NotAvailableError("vsrq quantize is not available yet: the quantization engine is being built (issue 4); nothing was written")
+    if act_bits is not None and not 2 <= act_bits <= 8:
+        fail(f"--act-bits must be between 2 and 8, got {act_bits}", 2)
+    if out.exists() and not overwrite:
+        fail(f"output {out} exists; pass --overwrite to replace it")
+    if not out.parent.is_dir():
+        fail(f"output directory {out.parent} does not exist")
+    recipe = load_recipe(method, w_bits=bits, a_bits=act_bits if act_bits is not None else bits, group_size=group_size, rank=rank)
+    loaded = load_model(model)
+    if loaded.precision in ("w4a4", "w8a8"):
+        fail(f"{loaded.name} is already quantized ({loaded.precision}); quantize its full-precision model")
+    clips = clips_from_videos(find_videos(calib)) if calib is not None else default_calibration_clips()
+    bar = tqdm(total=None, desc="quantize", unit="layer", disable=quiet)
+    result = quantize_model(loaded.module, recipe, clips, progress=lambda line: (bar.update(1), bar.set_postfix_str(line.split(": ", 1)[-1])))
+    bar.close()
+    precision = f"w{recipe.w_bits}a{recipe.a_bits}"
+    rep = {"source_model": loaded.name, **result.report(recipe)}
+    arch = loaded.module.arch
+    save_quantized(result.model, out, arch=arch, config=ARCHITECTURES[arch].config_of(loaded.module), precision=precision, report=rep)
+    if report is not None:
+        report.write_text(json.dumps(rep, indent=2))
+    if not quiet:
+        typer.echo(f"{'layer':<24}{'group':>7}{'rank':>6}{'alpha':>7}{'had':>5}{'SQNR dB':>9}{'bits/w':>8}")
+        for c in result.choices:
+            alpha = f"{c.smooth_alpha:.1f}" if c.smooth_alpha is not None else "-"
+            typer.echo(f"{c.name:<24}{c.group_size or 'ch':>7}{c.rank:>6}{alpha:>7}{c.hadamard_block:>5}{c.sqnr_db:>9.2f}{c.bits_per_weight:>8.2f}")
+        typer.echo(f"{recipe.name} {precision}: {rep['bits_per_weight']:.2f} bits/weight over quantized layers; "
+                   f"calibration {rep['calib_seconds']:.1f} s, quantization {rep['quant_seconds']:.1f} s -> {out}")
 
 
 @app.command()

@@ -8,7 +8,7 @@ registry entry; a registry entry's config, when given, must agree with the file'
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -18,9 +18,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 import vsrq
-from vsrq.errors import ModelError, NotAvailableError
+from vsrq.errors import ModelError
 from vsrq.models.dit import DiTConfig, VSRDiT
 from vsrq.models.registry import ModelSpec, load_registry, resolve_weights
+from vsrq.quant.checkpoint import install_quantized, quant_report, quantized_layer_names
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class LoadedModel:
     module: nn.Module
     precision: str
     weights_path: Path
+    quant: dict = field(default_factory=dict)
 
     @property
     def scale(self) -> int:
@@ -120,12 +122,14 @@ def build_from_checkpoint(name: str, path: Path, spec: ModelSpec | None = None) 
     if spec and file_cfg is not None and (bad := _configs_agree(spec.config, file_cfg)):
         raise ModelError(f"{path}: config disagrees with registry entry {name!r}: {', '.join(bad)}")
     precision = meta.get("vsrq.precision") or (spec.precision if spec else "fp32")
-    if precision in ("w4a4", "w8a8"):
-        raise NotAvailableError(f"{name}: loading {precision} checkpoints is not available yet (needs `vsrq quantize`, issue 4)")
     try:
         module = ARCHITECTURES[arch].build(config)
     except (TypeError, ValueError) as exc:
         raise ModelError(f"{path}: bad {arch} config: {exc}") from exc
+    if quantized_layer_names(tensors):
+        install_quantized(module, tensors)
+    elif precision in ("w4a4", "w8a8"):
+        raise ModelError(f"{path}: says {precision} but holds no quantized layers")
     expected = module.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -140,8 +144,8 @@ def build_from_checkpoint(name: str, path: Path, spec: ModelSpec | None = None) 
             k = wrong[0]
             parts.append(f"{len(wrong)} of wrong shape (e.g. {k}: {tuple(tensors[k].shape)} vs {tuple(expected[k].shape)})")
         raise ModelError(f"{path}: tensors do not match a {arch} model with this config: {'; '.join(parts)}")
-    module.load_state_dict({k: v.float() for k, v in tensors.items()})
-    return LoadedModel(name=name, module=module.eval(), precision=precision, weights_path=path)
+    module.load_state_dict({k: v.float() if v.is_floating_point() and expected[k].is_floating_point() and expected[k].dtype == torch.float32 else v for k, v in tensors.items()})
+    return LoadedModel(name=name, module=module.eval(), precision=precision, weights_path=path, quant=quant_report(meta))
 
 
 def load_model(name_or_path: str | None) -> LoadedModel:

@@ -220,11 +220,7 @@ class QuantLinear(nn.Module):
             if sm.shape != (k,) or not bool((sm > 0).all()):
                 raise ValueError("smooth must be a positive (in_features,) vector")
             mod.smooth.copy_(sm)
-            w = w * sm[None, :]
-        if hadamard_block:
-            b = hadamard_block
-            h = hadamard_matrix(b, torch.float32, dev) * hadamard_scale(b)
-            w = (w.reshape(n, k // b, b) @ h).reshape(n, k)
+        w = cls.transform_weight(w, smooth, hadamard_block)
         if rank:
             u, s, vh = torch.linalg.svd(w, full_matrices=False)
             root = s[:rank].sqrt()
@@ -236,6 +232,19 @@ class QuantLinear(nn.Module):
         if linear.bias is not None:
             mod.bias.copy_(linear.bias.detach().float())
         return mod
+
+    @staticmethod
+    def transform_weight(w: torch.Tensor, smooth: torch.Tensor | None, hadamard_block: int) -> torch.Tensor:
+        """W' = (W * smooth) H: the weight the quantized layer multiplies with x_hat = (x / smooth) H."""
+        n, k = w.shape
+        w = w.float()
+        if smooth is not None:
+            w = w * smooth.detach().float().to(w.device)[None, :]
+        if hadamard_block:
+            b = hadamard_block
+            h = hadamard_matrix(b, torch.float32, w.device) * hadamard_scale(b)
+            w = (w.reshape(n, k // b, b) @ h).reshape(n, k)
+        return w
 
     @torch.no_grad()
     def set_quantized_weight(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None = None) -> None:

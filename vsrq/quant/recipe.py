@@ -1,0 +1,126 @@
+"""Quantization recipes: every method of the literature as a switchable field, plus named presets.
+
+A recipe is plain data (a dataclass, or a TOML file with the same keys), so an ablation row is
+"preset X with field Y changed", and the checkpoint records exactly what produced it.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from vsrq.errors import VsrqError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+# Layers that stay in 16-bit unless a recipe says otherwise: they are small or run once per clip
+# (patch embedding, timestep MLP, adaLN modulation, output head); measured in docs/QUANT.md.
+DEFAULT_KEEP = ("patch_embed", "t_embed", "adaln", "head")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What `vsrq quantize` does to each linear layer of a model (see docs/QUANT.md)."""
+
+    name: str = "rtn"
+    w_bits: int = 4
+    a_bits: int = 4
+    group_size: int | None = None  # weights: None = per output channel, else group along K
+    act_group_size: int | None = None  # activations: None = per token (dynamic), else per group
+    symmetric: bool = True
+    # SmoothQuant: per-channel scale s_j = max|X_j|^a / max|W_j|^(1-a); "search" picks a per layer
+    smooth: str | None = None  # None | "fixed" | "search"
+    smooth_alpha: float = 0.5
+    rotate: bool = False  # QuaRot-style block Hadamard on K (online for activations)
+    # 16-bit low-rank branch (SVDQuant / QuantVSR / LSGQuant / MPQ-DMv2)
+    rank: int = 0
+    rank_alloc: str = "uniform"  # "uniform" | "stca" (by spatio-temporal complexity, QuantVSR)
+    lowrank_init: str = "svd_weight"  # "svd_weight" (SVDQuant) | "svd_error" (MPQ-DMv2: SVD of W - Q(W))
+    granularity_search: bool = False  # Q-DiT: per-layer weight group size chosen under a cost budget
+    act_clip: str | None = None  # None | "draq" (LSGQuant: per-layer activation range ratio fitted to token ranges)
+    bias_align: str | None = None  # None | "mean" (closed form) | "learn" (LBA, QuantVSR)
+    refine: str | None = None  # None | "qao" (LSGQuant) | "joint" (QuantVSR) | "lbq" (PassionSR boundaries)
+    refine_steps: int = 0
+    refine_layers: float = 1.0  # VOLTS: fraction of layers (by calibration variance) that are refined
+    keep: tuple[str, ...] = DEFAULT_KEEP  # name fragments of layers left in 16-bit
+    calib_tokens: int = 4096  # tokens sampled per layer and calibration clip
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.w_bits <= 8 or not 2 <= self.a_bits <= 16:
+            raise VsrqError(f"bits must be 2..8 for weights and 2..8 (or 16 = none) for activations, got W{self.w_bits}A{self.a_bits}")
+        choices = {
+            "smooth": (None, "fixed", "search"),
+            "rank_alloc": ("uniform", "stca"),
+            "lowrank_init": ("svd_weight", "svd_error"),
+            "act_clip": (None, "draq"),
+            "bias_align": (None, "mean", "learn"),
+            "refine": (None, "qao", "joint", "lbq"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise VsrqError(f"recipe {self.name!r}: {key} must be one of {allowed}, got {getattr(self, key)!r}")
+        if self.rank < 0 or self.refine_steps < 0 or not 0 < self.refine_layers <= 1:
+            raise VsrqError(f"recipe {self.name!r}: rank and refine_steps must be >= 0, refine_layers in (0, 1]")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["keep"] = list(self.keep)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Recipe":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise VsrqError(f"unknown recipe keys {sorted(unknown)} (known: {sorted(known)})")
+        d = dict(d)
+        if "keep" in d:
+            d["keep"] = tuple(d["keep"])
+        return cls(**d)
+
+
+def _presets() -> dict[str, Recipe]:
+    base = Recipe()
+    p = {
+        "fp": replace(base, name="fp", w_bits=8, a_bits=16),  # not quantized: a reference row
+        "rtn-w8a8": replace(base, name="rtn-w8a8", w_bits=8, a_bits=8),
+        "rtn": base,
+        "smoothquant": replace(base, name="smoothquant", smooth="search"),
+        "quarot": replace(base, name="quarot", rotate=True),
+        "svdquant": replace(base, name="svdquant", smooth="search", rank=16),
+        "qdit": replace(base, name="qdit", granularity_search=True),
+        "lba": replace(base, name="lba", bias_align="mean"),
+        "draq": replace(base, name="draq", act_clip="draq"),
+        "stca": replace(base, name="stca", smooth="search", rank=16, rank_alloc="stca"),
+        "mpq-lowrank": replace(base, name="mpq-lowrank", rank=16, lowrank_init="svd_error"),
+    }
+    return p
+
+
+PRESETS = _presets()
+
+
+def load_recipe(spec: str, **overrides) -> Recipe:
+    """A preset name or a recipe TOML file (keys of Recipe; `base = "preset"` to start from one)."""
+    if spec in PRESETS:
+        recipe = PRESETS[spec]
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise VsrqError(f"unknown method {spec!r}: choose one of {', '.join(PRESETS)} or give a recipe .toml file")
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise VsrqError(f"cannot read recipe {path}: {exc}") from exc
+        base = data.pop("base", "rtn")
+        if base not in PRESETS:
+            raise VsrqError(f"{path}: base {base!r} is not a preset ({', '.join(PRESETS)})")
+        recipe = Recipe.from_dict({**PRESETS[base].to_dict(), "name": path.stem, **data})
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return Recipe.from_dict({**recipe.to_dict(), **clean}) if clean else recipe
