@@ -66,7 +66,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
             meta = dict(fh.metadata() or {})
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from exc
+        raise ModelError(f"{path}: not a readable safetensors file, corrupt or truncated ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from exc
     return tensors, meta
 
 

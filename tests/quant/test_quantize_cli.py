@@ -1,0 +1,113 @@
+"""`vsrq quantize` end to end on a small random model: checkpoint round trip, determinism, bad input."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+from tests.support import TINY, random_checkpoint
+from vsrq.cli import app
+from vsrq.models.loader import load_model
+from vsrq.quant.qlinear import QuantLinear
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def fp_model(tmp_path) -> Path:
+    return random_checkpoint(tmp_path / "fp.safetensors", TINY)
+
+
+def test_quantize_saves_a_loadable_w4a4_checkpoint(fp_model, tmp_path):
+    out = tmp_path / "q.safetensors"
+    result = run("quantize", "--model", fp_model, "--method", "svdquant", "--rank", "4", "--out", out, "--report", tmp_path / "r.json", "-q")
+    assert result.exit_code == 0, result.output + result.stderr
+    loaded = load_model(str(out))
+    assert loaded.precision == "w4a4" and loaded.quant["recipe"]["name"] == "svdquant"
+    qlayers = [m for m in loaded.module.modules() if isinstance(m, QuantLinear)]
+    assert len(qlayers) == 4 * TINY.depth and all(q.rank == 4 and q.w_bits == 4 for q in qlayers)
+    fp = load_model(str(fp_model)).module
+    x = torch.rand(1, 3, 4, 16, 16)
+    with torch.no_grad():
+        yq, yf = loaded.module(x), fp(x)
+    rel = ((yq - yf) ** 2).mean() / (yf**2).mean()
+    assert 0 < rel < 1e-2  # quantized, but close
+    import json
+
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert len(report["layers"]) == len(qlayers) and all(l["sqnr_db"] > 10 for l in report["layers"])
+
+
+def test_quantize_is_deterministic(fp_model, tmp_path):
+    outs = [tmp_path / "a.safetensors", tmp_path / "b.safetensors"]
+    for out in outs:
+        assert run("quantize", "--model", fp_model, "--method", "rtn", "--out", out, "-q").exit_code == 0
+    with safe_open(str(outs[0]), "pt") as a, safe_open(str(outs[1]), "pt") as b:
+        assert set(a.keys()) == set(b.keys())
+        for k in a.keys():
+            assert torch.equal(a.get_tensor(k), b.get_tensor(k)), k
+
+
+def test_w8a8_is_closer_than_w4a4(fp_model, tmp_path):
+    fp = load_model(str(fp_model)).module
+    x = torch.rand(1, 3, 4, 16, 16)
+    errs = {}
+    for bits in (8, 4):
+        out = tmp_path / f"q{bits}.safetensors"
+        assert run("quantize", "--model", fp_model, "--bits", bits, "--out", out, "-q").exit_code == 0
+        with torch.no_grad():
+            errs[bits] = float(((load_model(str(out)).module(x) - fp(x)) ** 2).mean())
+    assert errs[8] < errs[4] / 10
+
+
+def bad(result, match: str):
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    assert match.lower() in result.stderr.lower(), result.stderr
+
+
+def test_bad_inputs_write_nothing(fp_model, tmp_path):
+    out = tmp_path / "q.safetensors"
+    bad(run("quantize", "--model", fp_model, "--bits", "9", "--out", out), "--bits")
+    bad(run("quantize", "--model", fp_model, "--bits", "1", "--out", out), "--bits")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad(run("quantize", "--model", fp_model, "--calib", empty, "--out", out), "no video files")
+    other = tmp_path / "other.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"encoder.conv.weight": torch.zeros(3, 3)}, str(other))
+    bad(run("quantize", "--model", other, "--out", out), "not a vsrq checkpoint")
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(fp_model.read_bytes()[:1000])
+    bad(run("quantize", "--model", corrupt, "--out", out), "corrupt")
+    bad(run("quantize", "--model", fp_model, "--method", "nope", "--out", out), "unknown method")
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_quantizing_a_quantized_model_is_refused(fp_model, tmp_path):
+    q = tmp_path / "q.safetensors"
+    assert run("quantize", "--model", fp_model, "--out", q, "-q").exit_code == 0
+    bad(run("quantize", "--model", q, "--out", tmp_path / "qq.safetensors"), "already quantized")
+
+
+def test_quantized_checkpoint_of_wrong_shape_is_refused(fp_model, tmp_path):
+    q = tmp_path / "q.safetensors"
+    assert run("quantize", "--model", fp_model, "--out", q, "-q").exit_code == 0
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(q))
+    with safe_open(str(q), "pt") as fh:
+        meta = fh.metadata()
+    tensors["blocks.0.mlp.fc1.qweight"] = tensors["blocks.0.mlp.fc1.qweight"][:, :-1].contiguous()
+    broken = tmp_path / "broken.safetensors"
+    save_file(tensors, str(broken), metadata=meta)
+    from vsrq.errors import ModelError
+
+    with pytest.raises(ModelError, match="blocks.0.mlp.fc1"):
+        load_model(str(broken))
