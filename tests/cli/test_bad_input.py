@@ -91,12 +91,6 @@ def test_bad_options(test_model, clip, tmp_path):
     assert_clean_failure(run("upscale", str(clip), str(tmp_path / "out.mp4"), "--device", "tpu"), "--device", tmp_path)
 
 
-def test_quantize_says_not_available(tmp_path):
-    result = run("quantize", "--bits", "4", "--out", str(tmp_path / "q.safetensors"))
-    assert result.exit_code == 3 and "not available yet" in result.stderr
-    assert not (tmp_path / "q.safetensors").exists()
-
-
 def test_models_lists_registry(test_model):
     result = run("models")
     assert result.exit_code == 0
