@@ -203,6 +203,7 @@ def train(store: PairStore, o: TrainOptions, log=print) -> dict:
     logf = open(o.run_dir / "log.jsonl", "a")
     last_save = time.perf_counter()
     running: dict[str, float] = {}
+    counted = 0
     model.train()
     try:
         for lr_clip, hr_clip in loader:
@@ -224,10 +225,11 @@ def train(store: PairStore, o: TrainOptions, log=print) -> dict:
             step += 1
             for k, v in {"loss": float(loss.detach()), **parts}.items():
                 running[k] = running.get(k, 0.0) + v
+            counted += 1
             if step % o.log_every == 0:
                 rec = {"step": step, "lr": lr_at(step, o), "elapsed_s": round(time.perf_counter() - started, 1),
-                       **{k: v / o.log_every for k, v in running.items()}}
-                running = {}
+                       **{k: v / counted for k, v in running.items()}}
+                running, counted = {}, 0
                 logf.write(json.dumps(rec) + "\n")
                 logf.flush()
                 log(" ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
