@@ -204,26 +204,42 @@ def quantize(
 @app.command()
 @friendly_errors
 def bench(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to benchmark."),
-    input: Optional[Path] = typer.Option(None, "--input", "-i", help="A video to run; default: a generated clip."),
-    size: str = typer.Option("160x90", "--size", help="Input size WxH of the generated clip."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Full-precision model to benchmark (default: the default model)."),
+    config: Optional[str] = typer.Option(None, "--config", help="Instead of a model: a DiT config as JSON, random weights (speed only)."),
+    input: Optional[Path] = typer.Option(None, "--input", "-i", help="A video for the pipeline part; default: a generated clip."),
+    size: str = typer.Option("160x90", "--size", help="Input (LR) size WxH for the forward and the generated clip."),
     frames: int = typer.Option(24, "--frames", help="Frames of the generated clip."),
     device: str = typer.Option("auto", "--device", "-d"),
-    chunk: int = typer.Option(8, "--chunk"),
+    chunk: int = typer.Option(8, "--chunk", help="Frames per forward."),
+    precisions: str = typer.Option("fp,w8a8,w4a4", "--precisions", help="Comma-separated: fp, w8a8, w4a4."),
+    rank: int = typer.Option(0, "--rank", help="Low-rank branch rank of the low-bit variants."),
+    repeat: int = typer.Option(5, "--repeat", help="Timed repeats (median)."),
+    layers: bool = typer.Option(True, "--layers/--no-layers", help="Per-layer GEMM timings."),
+    pipeline: bool = typer.Option(True, "--pipeline/--no-pipeline", help="Decode/encode and full-upscale frames/s."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Throughput of the pipeline: decode+encode alone, and the full upscale, in one run."""
-    from vsrq.bench import run_pipeline_bench
+    """Speed and memory of fp vs W8A8 vs W4A4 on the same inputs, in one run."""
+    from vsrq.bench import PRECISIONS, format_report, run_bench
 
     try:
         w, h = (int(v) for v in size.lower().split("x"))
     except ValueError:
         fail(f"--size must look like 160x90, got {size!r}", 2)
-    result = run_pipeline_bench(model=model, input=input, size=(w, h), frames=frames, device=device, chunk=chunk)
+    plist = [p.strip() for p in precisions.split(",") if p.strip()]
+    if not plist or any(p not in PRECISIONS for p in plist) or plist[0] != "fp":
+        fail(f"--precisions must start with fp and use {', '.join(PRECISIONS)}; got {precisions!r}", 2)
+    cfg = None
+    if config is not None:
+        try:
+            cfg = json.loads(config)
+        except ValueError:
+            fail("--config must be JSON", 2)
+    result = run_bench(model=model, config=cfg, input=input, size=(w, h), frames=frames, device=device, chunk=chunk,
+                       precisions=plist, rank=rank, repeat=repeat, layers=layers, pipeline=pipeline)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
-        for line in result["table"]:
+        for line in format_report(result):
             typer.echo(line)
 
 
