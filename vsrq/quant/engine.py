@@ -28,6 +28,7 @@ class QuantResult:
     stats: dict[str, LayerStats]
     calib_seconds: float
     quant_seconds: float
+    refine: dict | None = None  # [refine] summary of vsrq.quant.refine.refine_model, when it ran
 
     def report(self, recipe: Recipe) -> dict:
         """What goes into the checkpoint metadata and --report: recipe, per-layer choices, calibration summary."""
@@ -42,6 +43,7 @@ class QuantResult:
             "quant_seconds": round(self.quant_seconds, 2),
             "bits_per_weight": bpw,
             "min_sqnr_db": min((c.sqnr_db for c in self.choices), default=float("nan")),
+            **({"refine": self.refine} if self.refine is not None else {}),  # [refine]
         }
 
 
@@ -54,6 +56,10 @@ def quantize_model(
     """Quantize a copy of `model` (float, eval mode) with `recipe`, calibrated on `clips` (1, 3, T, H, W)."""
     torch.manual_seed(recipe.seed)
     model = copy.deepcopy(model).float().eval()
+    # [refine] gradient refinement needs the FP model and re-reads the clips after calibration
+    refining = bool(recipe.refine) or recipe.bias_align == "learn"
+    fp_model = copy.deepcopy(model) if refining else None
+    clips = list(clips) if refining else clips
     names = target_layers(model, recipe.keep)
     stats, calib_s = calibrate(model, names, clips, recipe.calib_tokens, recipe.seed)
     started = time.perf_counter()
@@ -67,6 +73,15 @@ def quantize_model(
         choices.append(choice)
         if progress is not None:
             progress(f"[{i + 1}/{len(names)}] {name}: {choice.sqnr_db:.1f} dB SQNR, {choice.bits_per_weight:.2f} bits/weight")
+    # [refine] begin: after all layers are quantized (needs the calibration samples, cleared below)
+    refine_summary = None
+    if refining:
+        from vsrq.quant.refine import refine_model
+
+        refine_summary = refine_model(fp_model, model, clips, recipe, stats, log=progress)
+        for c in choices:  # the report's SQNR describes the refined layer
+            c.sqnr_db = refine_summary["layers"].get(c.name, {}).get("sqnr_db", c.sqnr_db)
+    # [refine] end
     for st in stats.values():
         st.samples.clear()  # the samples were for fitting; the summary stays
-    return QuantResult(model, choices, stats, calib_s, time.perf_counter() - started)
+    return QuantResult(model, choices, stats, calib_s, time.perf_counter() - started, refine_summary)  # [refine]
