@@ -59,6 +59,12 @@ _ACT = {
     "rowsum_total": dict(m=37, k=200, bits=4, rowsum_group=0),
     "rowsum_group64_pertoken": dict(m=37, k=192, bits=4, rowsum_group=64),
     "rowsum_group32_grouped": dict(m=20, k=128, bits=4, group_size=32, rowsum_group=32),
+    # DRAQ clip ratios (not exact in fp32, so the kernel's fp32 argument is what is compared)
+    "clip070_pertoken_b4_heavy": dict(m=37, k=200, bits=4, clip=0.7, heavy=True),
+    "clip085_pertoken_b8_smooth_rowsum": dict(m=19, k=96, bits=8, clip=0.85, smooth=True, rowsum_group=0,
+                                              heavy=True),
+    "clip055_group32_rowsum_lora": dict(m=21, k=192, bits=4, group_size=32, rowsum_group=32, r=16, clip=0.55,
+                                        heavy=True),
 }
 
 
@@ -70,15 +76,27 @@ def _act_case(p: dict) -> str:
 
     dtype = getattr(torch, p.get("dtype", "bfloat16"))
     x, ld, sm = _lin_inputs(p["m"], p["k"], dtype, p.get("r", 0), seed=p["m"] * 7 + p["k"])
+    if p.get("heavy"):  # heavy-tailed tokens (a normal over a uniform): clipping saturates some
+        g = torch.Generator().manual_seed(p["k"])
+        x = (torch.randn(p["m"], p["k"], generator=g) / (torch.rand(p["m"], p["k"], generator=g) + 0.05)).to(dtype)
+    clip = p.get("clip", 1.0)
     kw = dict(
         bits=p["bits"], group_size=p.get("group_size"), smooth=sm if p.get("smooth") else None,
         hadamard_block=p.get("hadamard_block", 0), lora_down=ld, rowsum_group=p.get("rowsum_group"),
+        clip_ratio=clip,
     )
-    poison = torch.full((p["m"], p["k"]), -128, dtype=torch.int8)  # outside every valid range
+    qmax = (1 << (p["bits"] - 1)) - 1
+    poison = torch.full((p["m"], p["k"]), -128, dtype=torch.int8)
     got = act_quant(x, out_q=poison, **kw)
     ref = act_quant_ref(x, **kw)
-    # |q| <= qmax by construction (scale = absmax / qmax), so -128 marks an unwritten value
-    assert int(got.q.min()) >= -((1 << (p["bits"] - 1)) - 1), "unwritten (poisoned) q values"
+    if clip == 1.0:
+        # |q| <= qmax by construction (scale = absmax / qmax), so -128 marks an unwritten value
+        assert int(got.q.min()) >= -qmax, "unwritten (poisoned) q values"
+    else:
+        # clipped: -qmax-1 is reachable (and is -128 at 8 bits), so poison twice, differently
+        assert int(ref.q.min()) == -qmax - 1 or int(ref.q.max()) == qmax, "the clip saturated nothing"
+        again = act_quant(x, out_q=torch.full((p["m"], p["k"]), 127, dtype=torch.int8), **kw)
+        assert torch.equal(again.q, got.q), "unwritten (poisoned) q values"
     diff = (got.q.to(torch.int16) - ref.q.to(torch.int16)).abs()
     rotated = bool(p.get("hadamard_block"))
     if rotated:  # summation order of the rotation may move a value across a rounding edge
@@ -207,6 +225,7 @@ _QLIN = {
     "w4a4_hadamard_gelu_3d": dict(k=128, n=96, bits=4, abits=4, hadamard=64, act="gelu_tanh", lead=(2, 9)),
     "w4a4_gate_residual_ragged_k": dict(k=200, n=72, bits=4, abits=4, rank=8, gate=True, res=True),
     "w4a8_odd_k": dict(k=131, n=40, bits=4, abits=8),
+    "w4a4_act_clip_group64_asym": dict(k=192, n=80, bits=4, abits=4, group=64, asym=True, clip=0.8),
 }
 
 
@@ -221,6 +240,7 @@ def _qlin_case(p: dict) -> str:
     ql = QuantLinear.from_linear(
         lin, bits=p["bits"], act_bits=p["abits"], group_size=p.get("group"), symmetric=not p.get("asym"),
         rank=p.get("rank", 0), smooth=smooth, hadamard_block=p.get("hadamard", 0), activation=p.get("act"),
+        act_clip=p.get("clip", 1.0),
     )
     lead = p.get("lead", (23,))
     x = torch.randn(*lead, p["k"]).to(torch.bfloat16)

@@ -166,3 +166,65 @@ def test_set_quantized_weight_validates() -> None:
         ql.set_quantized_weight(torch.zeros(8, 32, dtype=torch.int8), torch.ones(8, 1))
     with pytest.raises(ValueError):
         ql.set_quantized_weight(torch.zeros(8, 64, dtype=torch.int8), torch.ones(8, 1), torch.zeros(8, 1))
+
+
+# ----------------------------------------------------------------------------- DRAQ act_clip
+
+
+def test_act_clip_forward_is_clipped_fake_quant() -> None:
+    lin = nn.Linear(256, 64)
+    sm = torch.rand(256) + 0.5
+    ql = QuantLinear.from_linear(lin, bits=4, act_bits=4, group_size=64, smooth=sm, act_clip=0.75)
+    assert ql.act_clip.dtype == torch.float32 and ql.act_clip.shape == (1,)
+    assert float(ql.act_clip) == 0.75 and "act_clip=0.75" in ql.extra_repr()
+    x = torch.distributions.StudentT(3.0).sample((21, 256))
+    xh = transform_input(x, ql.smooth, ql.hadamard_block)
+    want = fake_quant_activation(xh, 4, 64, clip_ratio=0.75).double() @ ql.dequantized_weight().double().T
+    want = want + ql.bias.double()
+    assert _rel(ql(x), want) < 1e-5
+    # the cached Python value follows in-place writes of the buffer
+    unclipped = QuantLinear.from_linear(lin, bits=4, act_bits=4, group_size=64, smooth=sm)
+    with torch.no_grad():
+        ql.act_clip.fill_(1.0)
+    assert torch.equal(ql(x), unclipped(x))
+    ql.set_act_clip(0.6)
+    assert not torch.equal(ql(x), unclipped(x)) and float(ql.act_clip) == pytest.approx(0.6)
+    with pytest.raises(ValueError):
+        ql.set_act_clip(0.0)
+    with pytest.raises(ValueError):
+        QuantLinear(64, 8, act_clip=1.5)
+    assert ql.to(torch.bfloat16).act_clip.dtype == torch.float32
+
+
+def test_act_clip_state_dict_round_trip(tmp_path: Path) -> None:
+    ql = QuantLinear.from_linear(nn.Linear(128, 40), bits=4, act_bits=4, group_size=32, symmetric=False,
+                                 act_clip=0.85)
+    state = ql.state_dict()
+    assert state["act_clip"].dtype == torch.float32 and float(state["act_clip"]) == pytest.approx(0.85)
+    assert state["qmeta"].tolist()[0] == 1 and state["qmeta"].numel() == 14  # config vector unchanged
+    path = tmp_path / "layer.safetensors"
+    save_file({f"m.{k}": v.contiguous() for k, v in state.items()}, str(path))
+    back = QuantLinear.from_state_dict(load_file(str(path)), prefix="m.")
+    assert torch.equal(back.act_clip, ql.act_clip)
+    x = torch.distributions.StudentT(3.0).sample((9, 128))
+    assert torch.equal(back(x), ql(x))
+    bad = dict(state, act_clip=torch.tensor([1.5]))
+    with pytest.raises(RuntimeError, match="act_clip"):
+        QuantLinear.from_state_dict(bad)
+
+
+def test_state_dict_without_act_clip_loads_as_unclipped() -> None:
+    # a checkpoint written before act_clip existed: same qmeta, no act_clip key
+    lin = nn.Linear(128, 40)
+    old = {k: v for k, v in QuantLinear.from_linear(lin, bits=4, act_bits=4).state_dict().items() if k != "act_clip"}
+    back = QuantLinear.from_state_dict(old)
+    assert float(back.act_clip) == 1.0
+    x = torch.randn(6, 128)
+    assert torch.equal(back(x), QuantLinear.from_linear(lin, bits=4, act_bits=4)(x))
+    # loading it (strict) into a clipped layer resets the ratio to 1, the numerics it was written with
+    clipped = QuantLinear.from_linear(lin, bits=4, act_bits=4, act_clip=0.7)
+    clipped(x)  # fills the cached value
+    clipped.load_state_dict(old)
+    assert float(clipped.act_clip) == 1.0 and torch.equal(clipped(x), back(x))
+    res = clipped.load_state_dict({k: v for k, v in old.items() if k != "bias"}, strict=False)
+    assert res.missing_keys == ["bias"]

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from vsrq.kernels.reference import (
     act_quant_ref,
+    exact_gemm_plan,
     gemm_group_size,
     hadamard_matrix,
     hadamard_scale,
@@ -149,3 +150,107 @@ def test_quant_linear_ref_composes_act_quant_and_qgemm() -> None:
     assert torch.equal(y, qgemm_ref(aq.q, aq.scale, qw, sw, wzero=zw, rowsum=aq.rowsum, out_dtype=torch.float32))
     assert _rel(y, want) < 1e-6
     assert quant_linear_ref(x, qw, sw, zw, 4, 64).dtype == torch.bfloat16
+
+
+# ----------------------------------------------------------------------------- DRAQ clip + exact fast path
+
+
+@pytest.mark.parametrize("group,had", [(None, 0), (32, 0), (None, 64)])
+def test_act_quant_ref_clip_is_clipped_fake_quant(group: int | None, had: int) -> None:
+    x = (torch.distributions.StudentT(3.0).sample((13, 192)) * 2).to(torch.bfloat16)
+    smooth = torch.rand(192) + 0.5
+    out = act_quant_ref(x, 4, group, smooth, had, rowsum_group=group or 0, clip_ratio=0.8)
+    xh = transform_input(x, smooth, had)
+    q, s = quantize_activation(xh, 4, group, clip_ratio=0.8)
+    assert torch.equal(out.q, q) and torch.equal(out.scale, s) and int(q.min()) == -8
+    assert torch.equal(out.rowsum, q.to(torch.int32).reshape(13, -1, group or 192).sum(-1).to(torch.int32))
+    plain = act_quant_ref(x, 4, group, smooth, had)
+    assert torch.equal(act_quant_ref(x, 4, group, smooth, had, clip_ratio=1.0).q, plain.q)
+    assert bool((out.scale <= plain.scale).all()) and not torch.equal(out.q, plain.q)
+
+
+def _float64_quant_linear(x, qw, sw, zw, bits, group, clip, bias=None, gate=None, residual=None):
+    """The reference as it was written before the fast path: int8 q, float64 integer GEMM,
+    ``y = y + acc.float() * s_a * s_w`` per group, out-of-place epilogue."""
+    aq = act_quant_ref(x, bits, group, clip_ratio=clip)
+    qa, sa = aq.q, aq.scale
+    m, k = qa.shape
+    groups = max(sa.shape[1], sw.shape[1])
+    gs = k // groups
+    y = torch.zeros(m, qw.shape[0])
+    for g in range(groups):
+        sl = slice(g * gs, (g + 1) * gs)
+        acc = qa[:, sl].double() @ qw[:, sl].double().T
+        if zw is not None:
+            rs = qa[:, sl].double().sum(-1)
+            acc = acc - rs[:, None] * zw[:, g if zw.shape[1] > 1 else 0].double()[None, :]
+        y = y + acc.float() * sa[:, g if sa.shape[1] > 1 else 0][:, None] * sw[:, g if sw.shape[1] > 1 else 0].float()[None, :]
+    if bias is not None:
+        y = y + bias
+    if gate is not None:
+        y = y * gate.float()
+    if residual is not None:
+        y = y + residual.float()
+    return y
+
+
+_FAST = {
+    "w4a4_channel": dict(k=384, bits=4, abits=4),
+    "w4a4_g64_asym_clip": dict(k=384, bits=4, abits=4, group=64, asym=True, clip=0.8),
+    "w4a4_channel_clip_epilogue": dict(k=256, bits=4, abits=4, clip=0.7, epi=True),
+    "w8a8_k1024_clip_fp32": dict(k=1024, bits=8, abits=8, clip=0.5),  # 1024 * 128 * 127 <= 2^24: one fp32 matmul
+    "w8a8_k2560_chunked": dict(k=2560, bits=8, abits=8, clip=0.9),  # fp32 K-chunks summed in fp64
+    "w4a8_g128_asym": dict(k=512, bits=4, abits=8, group=128, asym=True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_FAST))
+def test_fast_cpu_path_is_bit_identical_to_float64(name: str) -> None:
+    p = _FAST[name]
+    k, n, m = p["k"], 48, 40
+    x = (torch.distributions.StudentT(4.0).sample((m, k)) * 3).to(torch.bfloat16)
+    qw, sw, zw = quantize_weight(torch.randn(n, k), p["bits"], p.get("group"), not p.get("asym"), torch.float16)
+    group, clip = p.get("group"), p.get("clip", 1.0)
+    kw = {}
+    if p.get("epi"):
+        kw = dict(bias=torch.randn(n), gate=torch.randn(m, n).to(torch.bfloat16), residual=torch.randn(m, n))
+    fast = quant_linear_ref(x, qw, sw, zw, p["abits"], group, clip_ratio=clip, out_dtype=torch.float32, **kw)
+    slow = quant_linear_ref(x, qw, sw, zw, p["abits"], group, clip_ratio=clip, out_dtype=torch.float32,
+                            accumulate="float64", **kw)
+    old = _float64_quant_linear(x, qw, sw, zw, p["abits"], group, clip, **kw)
+    aq = act_quant_ref(x, p["abits"], group, clip_ratio=clip, rowsum_group=(group or 0) if zw is not None else None)
+    composed = qgemm_ref(aq.q, aq.scale, qw, sw, wzero=zw, rowsum=aq.rowsum, out_dtype=torch.float32, **kw)
+    bits = fast.view(torch.int32)
+    for other in (slow, old, composed):
+        assert torch.equal(bits, other.view(torch.int32))  # bitwise: signed zeros and all
+
+
+def test_exact_gemm_plan() -> None:
+    f32, f64 = torch.float32, torch.float64
+    assert exact_gemm_plan(384, 7, 7) == (f32, 0)
+    assert exact_gemm_plan(262144, 8, 8) == (f32, 0)  # int4 x int4: fp32 up to K = 2^18
+    assert exact_gemm_plan(262145, 8, 8) == (f32, 262144)
+    assert exact_gemm_plan(1024, 128, 128) == (f32, 0)  # int8 x int8: fp32 up to K = 1024
+    assert exact_gemm_plan(3072, 128, 127) == (f32, (1 << 24) // (128 * 127))
+    assert exact_gemm_plan(384, 7, 7, "float64") == (f64, 0)
+    assert exact_gemm_plan(1 << 20, 128, 1 << 16) == (f64, 0)  # chunks too small to pay off
+    with pytest.raises(ValueError):
+        exact_gemm_plan(8, 1, 1, "float32")
+    prev = torch.get_float32_matmul_precision()
+    try:  # fp32 matmuls may run as TF32 / bf16 passes: no longer provably exact
+        torch.set_float32_matmul_precision("medium")
+        assert exact_gemm_plan(384, 7, 7) == (f64, 0)
+    finally:
+        torch.set_float32_matmul_precision(prev)
+
+
+def test_qgemm_ref_chunked_int8_is_exact() -> None:
+    qa = torch.randint(-128, 128, (5, 3000), dtype=torch.int8)
+    qa[0] = -128  # |-128| overflows int8 abs(): the bound must still see 128
+    qw = torch.randint(-128, 128, (6, 3000), dtype=torch.int8)
+    qw[0] = -128
+    y = qgemm_ref(qa, torch.ones(5, 1), qw, torch.ones(6, 1), out_dtype=torch.float32)
+    exact = (qa.long() @ qw.long().T).float()
+    assert torch.equal(y, exact) and float(exact[0, 0]) == 128 * 128 * 3000
+    assert torch.equal(y, qgemm_ref(qa, torch.ones(5, 1), qw, torch.ones(6, 1), out_dtype=torch.float32,
+                                    accumulate="float64"))

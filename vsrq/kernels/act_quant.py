@@ -8,7 +8,8 @@ happens here, in one kernel, instead of in the GEMM's main loop or in 4-5 torch 
 Per-token scales need the whole row before any value can be rounded, so that mode
 makes two passes over K per row block (absmax + low-rank, then quantize); the second
 pass re-reads a row block that was just read, which mostly hits L2. Per-group mode is
-a single pass. Numerics: :func:`vsrq.kernels.reference.act_quant_ref`.
+a single pass. Numerics: :func:`vsrq.kernels.reference.act_quant_ref`, including the
+DRAQ clip ratio (a runtime fp32 argument: scale = div_rn(absmax * clip, qmax)).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import triton.language as tl
 from vsrq.kernels._jit import cast16, dot16
 from vsrq.kernels._triton import capability, device_index, interpreting, next_pow2
 from vsrq.kernels.reference import ActQuantResult, hadamard_matrix, hadamard_scale
+from vsrq.quant.pack import check_clip_ratio
 
 __all__ = ["act_quant"]
 
@@ -62,9 +64,11 @@ def _round_clamp(xf, inv_full, QMAX: tl.constexpr):
 
 
 @triton.jit
-def _safe_scale(amax, QMAX: tl.constexpr):
-    """(scale, 1/scale) with IEEE divisions (one per row or group): torch computes the same."""
-    s = tl.math.div_rn(amax, tl.full(amax.shape, QMAX, tl.float32))
+def _safe_scale(amax, clip, QMAX: tl.constexpr):
+    """(scale, 1/scale) with IEEE divisions (one per row or group): torch computes the same.
+    scale = (amax * clip) / QMAX: the fp32 product rounds once (no fusion into the division),
+    as in torch; clip = 1.0 leaves amax unchanged."""
+    s = tl.math.div_rn(amax * clip, tl.full(amax.shape, QMAX, tl.float32))
     s = tl.where(s > 0, s, 1.0)
     return s, tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), s)
 
@@ -85,7 +89,7 @@ def _act_quant_kernel(
     x_ptr, smooth_ptr, had_ptr, ld_ptr, q_ptr, s_ptr, rs_ptr, h_ptr,
     M, K, R,
     stride_xm, stride_ldk, stride_qm, stride_sm, stride_rsm, stride_hm,
-    had_scale,
+    had_scale, clip,
     QMAX: tl.constexpr, GROUP: tl.constexpr, RS_GROUP: tl.constexpr,
     HAS_SMOOTH: tl.constexpr, HAD: tl.constexpr, HAD_SPLIT: tl.constexpr,
     HAS_LORA: tl.constexpr, WANT_ROWSUM: tl.constexpr,
@@ -108,7 +112,7 @@ def _act_quant_kernel(
                 ld = tl.load(ld_ptr + (k0 + rb)[:, None] * stride_ldk + rr[None, :],
                              mask=k_mask[:, None] & (rr < R)[None, :], other=0.0)
                 hacc = dot16(cast16(xf, ld.dtype, INTERP), ld, hacc, INTERP)
-        scale, inv = _safe_scale(amax, QMAX)
+        scale, inv = _safe_scale(amax, clip, QMAX)
         tl.store(s_ptr + rm * stride_sm, scale, mask=m_mask)
         inv_full = tl.broadcast_to(inv[:, None], (BLOCK_M, BLOCK_K))
         rs_tot = tl.zeros((BLOCK_M,), dtype=tl.int32)
@@ -137,7 +141,7 @@ def _act_quant_kernel(
             inv_full = tl.full((BLOCK_M, BLOCK_K), 1.0, dtype=tl.float32)
             for j in tl.static_range(BLOCK_K // GROUP):
                 in_g = ((rb // GROUP) == j)[None, :]
-                s_j, inv_j = _safe_scale(tl.max(tl.where(in_g, ax, 0.0), axis=1), QMAX)
+                s_j, inv_j = _safe_scale(tl.max(tl.where(in_g, ax, 0.0), axis=1), clip, QMAX)
                 col = k0 // GROUP + j
                 tl.store(s_ptr + rm * stride_sm + col, s_j, mask=m_mask & ((rm * 0 + col * GROUP) < K))
                 inv_full = tl.where(in_g, inv_j[:, None], inv_full)
@@ -185,8 +189,13 @@ def act_quant(
     rowsum_group: int | None = None,
     out_q: torch.Tensor | None = None,
     config: dict | None = None,
+    clip_ratio: float | torch.Tensor = 1.0,
 ) -> ActQuantResult:
     """Quantize a (M, K) activation with the fused Triton kernel; see ``act_quant_ref``.
+
+    ``clip_ratio`` in (0, 1] (DRAQ) is passed as a runtime fp32 argument: changing it per
+    layer does not recompile. A tensor is read once on the host (a device sync on CUDA:
+    callers in a hot loop pass a float; QuantLinear caches it).
 
     ``out_q`` lets callers (benchmarks) pass a poisoned buffer; ``config`` overrides
     BLOCK_M / BLOCK_K / num_warps.
@@ -195,6 +204,7 @@ def act_quant(
         raise ValueError("act_quant expects a 2-D (M, K) activation")
     if not 2 <= bits <= 8:
         raise ValueError("bits must be in 2..8")
+    clip = check_clip_ratio(clip_ratio)
     if x.stride(1) != 1:
         x = x.contiguous()
     m, k = x.shape
@@ -259,7 +269,7 @@ def act_quant(
             m, k, r,
             x.stride(0), ld.stride(0) if has_lora else 0, q.stride(0), scale.stride(0),
             rowsum.stride(0), low.stride(0) if has_lora else 0,
-            hadamard_scale(hadamard_block) if hadamard_block else 1.0,
+            hadamard_scale(hadamard_block) if hadamard_block else 1.0, clip,
             QMAX=qmax, GROUP=group, RS_GROUP=rs_group,
             HAS_SMOOTH=has_smooth, HAD=bool(hadamard_block), HAD_SPLIT=had_split,
             HAS_LORA=has_lora, WANT_ROWSUM=want_rs,

@@ -34,13 +34,15 @@ def quant_linear(
     impl: str = "auto",
     gemm_config: dict | None = None,
     act_config: dict | None = None,
+    clip_ratio: float | torch.Tensor = 1.0,
 ) -> torch.Tensor:
-    """(M, K) input -> (M, N) output with int8-container weights ``w_int`` (N, K)."""
+    """(M, K) input -> (M, N) output with int8-container weights ``w_int`` (N, K);
+    ``clip_ratio`` is the activation clip ratio (DRAQ, see ``act_quant``)."""
     k = x.shape[1]
     gs = gemm_group_size(k, act_group, wscale.shape[1])
     aq = act_quant(
         x, a_bits, act_group if act_group not in (0, k) else None, smooth, hadamard_block, lora_down,
-        rowsum_group=gs if wzero is not None else None, config=act_config,
+        rowsum_group=gs if wzero is not None else None, config=act_config, clip_ratio=clip_ratio,
     )
     return qgemm(
         aq.q, aq.scale, w_int, wscale, wzero=wzero, rowsum=aq.rowsum, bias=bias, lowrank=aq.lowrank,

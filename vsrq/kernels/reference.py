@@ -2,8 +2,13 @@
 
 The Triton kernels in this package compute exactly these functions; the only allowed
 differences are float summation order inside matrix products (the Hadamard rotation,
-the low-rank branch and the fp32 scaling epilogue). Integer GEMMs here are exact
-(float64 accumulation where fp32 could round), so a mismatch in a test is a kernel bug.
+the low-rank branch and the fp32 scaling epilogue). Integer GEMMs here are exact, so a
+mismatch in a test is a kernel bug: they run as float32 matmuls when every partial sum
+is provably an integer of magnitude <= 2^24 (bounded from the actual operands: group
+width x max|q_a| x (max|q_w| + max|z|)), as fp32 K-chunks summed in float64 when only
+chunks are, else in float64; all give the same bits (tested, see ``exact_gemm_plan``).
+This file is also QuantLinear's CPU path, so it avoids temporaries where it can: the
+epilogue runs in place, ``quant_linear_ref`` feeds the float32 q straight to the GEMM.
 
 Shapes: activations are 2-D (M tokens, K features); weights (N, K) int8 containers
 (int4 values unpacked); scales (rows, groups).
@@ -18,7 +23,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from vsrq.quant.pack import int_range, round_half_up, unpack_int4
+from vsrq.quant.pack import check_clip_ratio, int_range, quantize_act_groups, unpack_int4
 
 __all__ = [
     "ActQuantResult",
@@ -29,6 +34,8 @@ __all__ = [
     "unpack_int4_ref",
     "qgemm_ref",
     "gelu_tanh",
+    "quant_linear_ref",
+    "exact_gemm_plan",
 ]
 
 ACTIVATIONS = (None, "gelu_tanh")
@@ -93,6 +100,25 @@ def _group_sums(q: torch.Tensor, group: int) -> torch.Tensor:
     return q.to(torch.int32).reshape(m, k // g, g).sum(-1, dtype=torch.int32)
 
 
+def _quantize_transformed(
+    xh: torch.Tensor, bits: int, group_size: int | None, clip_ratio: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q as float32 integers (M, K), scale (M, G)) of an already transformed fp32 input."""
+    m, k = xh.shape
+    g = k if group_size is None else group_size
+    if g <= 0 or k % g:
+        raise ValueError(f"group_size {g} must divide K={k}")
+    q, scale = quantize_act_groups(xh.reshape(m, k // g, g), bits, clip_ratio)
+    return q.reshape(m, k), scale
+
+
+def _lowrank_down(xh: torch.Tensor, lora_down: torch.Tensor | None) -> torch.Tensor | None:
+    if lora_down is None or lora_down.shape[1] == 0:
+        return None
+    ldt = lora_down.dtype
+    return (xh.to(ldt).float() @ lora_down.float()).to(ldt)
+
+
 def act_quant_ref(
     x: torch.Tensor,
     bits: int = 4,
@@ -101,30 +127,23 @@ def act_quant_ref(
     hadamard_block: int = 0,
     lora_down: torch.Tensor | None = None,
     rowsum_group: int | None = None,
+    clip_ratio: float | torch.Tensor = 1.0,
 ) -> ActQuantResult:
     """Transform, quantize per token/group, optional row sums and low-rank down-projection.
 
     ``rowsum_group``: None = no row sums; 0 = one sum per row; g = sums per K-group of g
     (the zero-point correction of asymmetric weights needs them at the GEMM's grouping).
+    ``clip_ratio`` (DRAQ): scale = (absmax * clip_ratio) / qmax, see ``vsrq.quant.pack``.
     """
     if x.dim() != 2:
         raise ValueError("act_quant_ref expects (M, K)")
-    qmin, qmax = int_range(bits, signed=True)
+    int_range(bits)  # validates bits
+    clip = check_clip_ratio(clip_ratio)
     xh = transform_input(x, smooth, hadamard_block)
-    m, k = xh.shape
-    g = k if group_size is None else group_size
-    if k % g:
-        raise ValueError(f"group_size {g} must divide K={k}")
-    xg = xh.reshape(m, k // g, g)
-    scale = xg.abs().amax(-1) / qmax
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    q = torch.clamp(round_half_up(xg * (1.0 / scale)[..., None]), qmin, qmax).reshape(m, k).to(torch.int8)
+    qf, scale = _quantize_transformed(xh, bits, group_size, clip)
+    q = qf.to(torch.int8)
     rowsum = None if rowsum_group is None else _group_sums(q, rowsum_group)
-    low = None
-    if lora_down is not None and lora_down.shape[1] > 0:
-        ldt = lora_down.dtype
-        low = (xh.to(ldt).float() @ lora_down.float()).to(ldt)
-    return ActQuantResult(q=q, scale=scale, rowsum=rowsum, lowrank=low)
+    return ActQuantResult(q=q, scale=scale, rowsum=rowsum, lowrank=_lowrank_down(xh, lora_down))
 
 
 def unpack_int4_ref(packed: torch.Tensor, k: int, signed: bool = True) -> torch.Tensor:
@@ -137,10 +156,68 @@ def gelu_tanh(y: torch.Tensor) -> torch.Tensor:
     return F.gelu(y, approximate="tanh")
 
 
-def _int_matmul(a: torch.Tensor, b: torch.Tensor, bound: int) -> torch.Tensor:
-    """Exact integer a @ b.T via float: fp32 when every partial sum stays below 2^24, else fp64."""
-    dt = torch.float32 if bound < (1 << 24) else torch.float64
-    return a.to(dt) @ b.to(dt).T
+_FP32_EXACT_BOUND = 1 << 24  # every integer of magnitude <= 2^24 is exact in fp32
+_ACCUMULATE = ("auto", "float64")
+
+
+def _fp32_matmul_is_ieee() -> bool:
+    """False when torch may run fp32 matmuls in reduced precision (TF32 / bf16 passes)."""
+    if torch.get_float32_matmul_precision() != "highest":
+        return False
+    mkl = getattr(getattr(getattr(torch.backends, "mkldnn", None), "matmul", None), "fp32_precision", "none")
+    return mkl in ("none", "ieee")
+
+
+def _needs_graph(*ts: torch.Tensor | None) -> bool:
+    """Whether autograd must see out-of-place ops (else the CPU path works in place)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
+
+
+def _absmax_int(t: torch.Tensor | None) -> int:
+    """max |t| as a Python int; aminmax, so an int8 -128 does not overflow as abs() would."""
+    if t is None or t.numel() == 0:
+        return 0
+    lo, hi = torch.aminmax(t)
+    return max(-int(lo), int(hi))
+
+
+_MIN_CHUNK_K = 128  # below this, K-chunks cost more than one float64 matmul
+
+
+def exact_gemm_plan(group_k: int, amax_a: int, amax_w: int, accumulate: str = "auto") -> tuple[torch.dtype, int]:
+    """How to compute sum_{k<group_k} a_k w_k exactly for integers |a| <= amax_a, |w| <= amax_w.
+
+    Returns ``(operand dtype, chunk)``:
+    * ``(float32, 0)``: one fp32 matmul. Every partial sum, in any order, is an integer of
+      magnitude <= group_k * amax_a * amax_w <= 2^24, hence exact in fp32. int4 x int4
+      (|q| <= 8): up to group_k = 262144; int8 x int8 (|q| <= 128): up to 1024.
+    * ``(float32, c)``: fp32 matmuls over K-chunks of c (each exact by the same bound),
+      summed in float64 (exact below 2^53): ~2x faster than one float64 matmul on CPU.
+    * ``(float64, 0)``: one float64 matmul (exact below 2^53); also when ``accumulate`` is
+      "float64", or when torch may run fp32 matmuls in reduced precision (TF32 / bf16).
+    All three give the same integers, hence the same bits downstream (tested).
+    """
+    if accumulate not in _ACCUMULATE:
+        raise ValueError(f"accumulate must be one of {_ACCUMULATE}")
+    per_k = max(1, amax_a * amax_w)
+    if accumulate == "auto" and _fp32_matmul_is_ieee():
+        if group_k * per_k <= _FP32_EXACT_BOUND:
+            return torch.float32, 0
+        chunk = _FP32_EXACT_BOUND // per_k
+        if chunk >= _MIN_CHUNK_K:
+            return torch.float32, chunk
+    return torch.float64, 0
+
+
+def _int_matmul(a: torch.Tensor, w: torch.Tensor, chunk: int) -> torch.Tensor:
+    """a @ w.T of integer-valued float operands; K-chunked fp32 products summed in float64."""
+    if not chunk or a.shape[1] <= chunk:
+        return a @ w.T
+    acc = None
+    for c in range(0, a.shape[1], chunk):
+        part = a[:, c:c + chunk] @ w[:, c:c + chunk].T
+        acc = part.double() if acc is None else acc.add_(part)
+    return acc
 
 
 def _n_groups(scale: torch.Tensor, k: int) -> int:
@@ -148,6 +225,97 @@ def _n_groups(scale: torch.Tensor, k: int) -> int:
     if g < 1 or k % g:
         raise ValueError(f"scale with {g} groups does not divide K={k}")
     return g
+
+
+def _scaled_int_gemm(
+    qa: torch.Tensor,
+    sa: torch.Tensor,
+    qw: torch.Tensor,
+    sw: torch.Tensor,
+    wzero: torch.Tensor | None,
+    rowsum: torch.Tensor | None,
+    accumulate: str,
+) -> torch.Tensor:
+    """fp32 (M, N) y = sum_g (acc_g * sa[:, g]) * sw[:, g], acc_g the exact integer
+    qa_g . (qw_g - z_g) (qa may be int8 or float32 holding integers).
+
+    Rounding is that of ``y = ((0 + v_0) + v_1) + ...`` with ``v_g = (fp32(acc_g) * s_a) * s_w``;
+    only the accumulation dtype of acc_g depends on the bound (and it never changes acc_g).
+    """
+    m, k = qa.shape
+    if qw.shape[1] != k:
+        raise ValueError(f"K mismatch: activations {k}, weights {qw.shape[1]}")
+    ga, gw = _n_groups(sa, k), _n_groups(sw, k)
+    groups = max(ga, gw)
+    if ga not in (1, groups) or gw not in (1, groups):
+        raise ValueError(f"activation groups {ga} and weight groups {gw} are incompatible")
+    gs = k // groups
+    # |partial sums of qa . qw| <= gs*A*W and |rowsum * z| <= gs*A*Z, so every intermediate
+    # of acc = qa.qw - rowsum*z is bounded by gs*A*(W + Z)
+    amax_z = _absmax_int(wzero)
+    dt, chunk = exact_gemm_plan(gs, _absmax_int(qa), _absmax_int(qw) + amax_z, accumulate)
+    acc_dt = torch.float64 if chunk else dt  # the dtype the integer sums end up in
+    rs = None
+    if wzero is not None:
+        if rowsum is not None:
+            if rowsum.shape != (m, groups):
+                raise ValueError(f"rowsum must be (M, {groups}), got {tuple(rowsum.shape)}")
+            rs = rowsum.to(acc_dt)
+        else:  # |row sums| <= gs * A <= the bound: exact
+            rs = qa.to(acc_dt).reshape(m, groups, gs).sum(-1)
+    graph = _needs_graph(qa, sa, qw, sw, rowsum)
+    a = qa.to(dt)
+    w = qw.to(dt)
+    y: torch.Tensor | None = None
+    for g in range(groups):
+        if groups == 1:
+            acc = _int_matmul(a, w, chunk)
+        else:
+            sl = slice(g * gs, (g + 1) * gs)
+            acc = _int_matmul(a[:, sl], w[:, sl], chunk)
+        if rs is not None:  # exact integers: the order of these ops does not matter
+            z = wzero[:, g if wzero.shape[1] > 1 else 0].to(acc_dt)
+            acc = acc - rs[:, g, None] * z[None, :] if graph else acc.addr_(rs[:, g], z, alpha=-1)
+        s_a = sa[:, g if ga > 1 else 0].float()[:, None]
+        s_w = sw[:, g if gw > 1 else 0].float()[None, :]
+        if graph:
+            v = acc.float() * s_a * s_w
+            y = v if y is None else y + v
+        else:
+            v = acc.float() if acc.dtype != torch.float32 else acc
+            v.mul_(s_a).mul_(s_w)
+            y = v if y is None else y.add_(v)
+    return y
+
+
+def _epilogue_ref(
+    y: torch.Tensor,
+    bias: torch.Tensor | None,
+    lowrank: torch.Tensor | None,
+    lora_up: torch.Tensor | None,
+    activation: str | None,
+    gate: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """[+ lowrank @ lora_up] [+ bias] -> [gelu] -> [* gate] -> [+ residual] on the fp32 y
+    (in place on y, which the caller owns; out-of-place where autograd needs it)."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}")
+    graph = _needs_graph(y, bias, lowrank, lora_up, gate, residual)
+    if lora_up is not None and lowrank is not None and lora_up.shape[0] > 0:
+        low = lowrank.float() @ lora_up.float()
+        y = y + low if graph else y.add_(low)
+    if bias is not None:  # bias_align may be learned through this path (then: graph)
+        b = bias.float()[None, :]
+        y = y + b if graph else y.add_(b)
+    if activation == "gelu_tanh":
+        y = gelu_tanh(y)
+    if gate is not None:
+        y = y * gate.float() if graph else y.mul_(gate.float())
+    if residual is not None:
+        y = y + residual.float() if graph else y.add_(residual.float())
+    return y.to(out_dtype)
 
 
 def qgemm_ref(
@@ -164,6 +332,7 @@ def qgemm_ref(
     gate: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.bfloat16,
+    accumulate: str = "auto",
 ) -> torch.Tensor:
     """Scaled integer GEMM with the fused epilogue.
 
@@ -171,49 +340,13 @@ def qgemm_ref(
         [+ bias] -> [gelu] -> [* gate] -> [+ residual].
     sa (M, Ga) and sw (N, Gw): Ga, Gw in {1, G}; the GEMM's group count is max(Ga, Gw).
     The zero-point term uses int32 row sums of qa per GEMM group (``rowsum``, computed
-    here if not given).
+    here if not given). ``accumulate``: "auto" (exact fp32 where provable, else fp64) or
+    "float64" (always; the same bits, slower: for tests).
     """
-    m, k = qa.shape
-    n = qw.shape[0]
-    if qw.shape[1] != k:
-        raise ValueError(f"K mismatch: activations {k}, weights {qw.shape[1]}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}")
-    ga, gw = _n_groups(sa, k), _n_groups(sw, k)
-    groups = max(ga, gw)
-    if ga not in (1, groups) or gw not in (1, groups):
-        raise ValueError(f"activation groups {ga} and weight groups {gw} are incompatible")
-    gs = k // groups
-    amax_a = int(qa.abs().max()) if qa.numel() else 0
-    amax_w = int(qw.abs().max()) if qw.numel() else 0
-    # |partial sums| bound; the zero-point term can double it.
-    bound = gs * amax_a * amax_w * (2 if wzero is not None else 1)
-    y = torch.zeros(m, n, dtype=torch.float32, device=qa.device)
-    rs = None
-    if wzero is not None:
-        rs = rowsum if rowsum is not None else _group_sums(qa, 0 if groups == 1 else gs)
-        if rs.shape != (m, groups):
-            raise ValueError(f"rowsum must be (M, {groups}), got {tuple(rs.shape)}")
-    for g in range(groups):
-        sl = slice(g * gs, (g + 1) * gs)
-        acc = _int_matmul(qa[:, sl], qw[:, sl], bound)
-        if wzero is not None:
-            z = wzero[:, g if wzero.shape[1] > 1 else 0].to(acc.dtype)
-            acc = acc - rs[:, g].to(acc.dtype)[:, None] * z[None, :]
-        s_a = sa[:, g if ga > 1 else 0].float()
-        s_w = sw[:, g if gw > 1 else 0].float()
-        y = y + acc.float() * s_a[:, None] * s_w[None, :]
-    if lora_up is not None and lowrank is not None and lora_up.shape[0] > 0:
-        y = y + lowrank.float() @ lora_up.float()
-    if bias is not None:
-        y = y + bias.float()[None, :]
-    if activation == "gelu_tanh":
-        y = gelu_tanh(y)
-    if gate is not None:
-        y = y * gate.float()
-    if residual is not None:
-        y = y + residual.float()
-    return y.to(out_dtype)
+    y = _scaled_int_gemm(qa, sa, qw, sw, wzero, rowsum, accumulate)
+    return _epilogue_ref(y, bias, lowrank, lora_up, activation, gate, residual, out_dtype)
 
 
 def gemm_group_size(k: int, act_group: int | None, weight_groups: int) -> int:
@@ -241,16 +374,25 @@ def quant_linear_ref(
     gate: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
     out_dtype: torch.dtype | None = None,
+    clip_ratio: float | torch.Tensor = 1.0,
+    accumulate: str = "auto",
 ) -> torch.Tensor:
-    """Whole quantized linear layer on a (M, K) input: act_quant_ref then qgemm_ref."""
+    """Whole quantized linear layer on a (M, K) input: act_quant_ref then qgemm_ref.
+
+    Computed without the int8 round trip of q (the float32 integers go straight into the
+    GEMM; row sums for zero points are taken from them), which gives the same bits as the
+    composition ``qgemm_ref(act_quant_ref(...))`` (tested), faster.
+    """
+    if x.dim() != 2:
+        raise ValueError("quant_linear_ref expects (M, K)")
+    int_range(a_bits)
+    clip = check_clip_ratio(clip_ratio)
     k = x.shape[1]
-    gs = gemm_group_size(k, act_group, wscale.shape[1])
-    aq = act_quant_ref(
-        x, a_bits, act_group if act_group not in (0, k) else None, smooth, hadamard_block,
-        lora_down, rowsum_group=gs if wzero is not None else None,
-    )
-    return qgemm_ref(
-        aq.q, aq.scale, w_int, wscale, wzero=wzero, rowsum=aq.rowsum, bias=bias, lowrank=aq.lowrank,
-        lora_up=lora_up, activation=activation, gate=gate, residual=residual,
-        out_dtype=out_dtype or x.dtype,
-    )
+    gemm_group_size(k, act_group, wscale.shape[1])  # validates the grouping
+    xh = transform_input(x, smooth, hadamard_block)
+    qf, sa = _quantize_transformed(xh, a_bits, act_group if act_group not in (0, k) else None, clip)
+    low = _lowrank_down(xh, lora_down)
+    del xh
+    y = _scaled_int_gemm(qf, sa, w_int, wscale, wzero, None, accumulate)
+    del qf
+    return _epilogue_ref(y, bias, low, lora_up, activation, gate, residual, out_dtype or x.dtype)

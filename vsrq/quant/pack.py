@@ -10,6 +10,11 @@ place where rounding, clamping and scale conventions are defined:
 * activations are divided by their scale as ``x * (1 / scale)``: one IEEE division per
   row/group, then IEEE multiplies, which a kernel reproduces bit for bit (with fp
   contraction off) at a fraction of the cost of a per-element division.
+* activation clipping (DRAQ, LSGQuant's Dynamic Range Adaptive Quantizer): a per-layer
+  ratio ``gamma`` in (0, 1] gives ``scale = (absmax * gamma) / qmax`` (gamma rounded to
+  fp32 first; one fp32 multiply, then the IEEE division), and q is clamped to
+  ``[-qmax - 1, qmax]`` as always, so the largest values saturate and the rest get finer
+  steps. ``gamma = 1`` is exactly the unclipped quantizer (``absmax * 1.0 == absmax``).
 * asymmetric (weights only) uses unsigned values ``[0, 2^b - 1]`` with an integer
   zero point per (row, group): ``w ~ (q - z) * scale``.
 * packed int4: byte ``j`` of a row holds element ``2j`` in the low nibble and
@@ -31,7 +36,12 @@ __all__ = [
     "dequantize_activation",
     "fake_quant_weight",
     "fake_quant_activation",
+    "check_clip_ratio",
+    "fit_act_clip",
+    "DEFAULT_CLIP_RATIOS",
 ]
+
+DEFAULT_CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)
 
 
 def _check_bits(bits: int) -> None:
@@ -87,16 +97,22 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
 
 
 def unpack_int4(packed: torch.Tensor, signed: bool = True) -> torch.Tensor:
-    """Inverse of :func:`pack_int4`: uint8 (..., K/2) -> int8 (..., K)."""
+    """Inverse of :func:`pack_int4`: uint8 (..., K/2) -> int8 (..., K).
+
+    Signed nibbles are sign-extended with an arithmetic shift of the byte seen as int8
+    (high nibble: ``b >> 4``; low nibble: ``(b << 4) >> 4``), written straight into the
+    interleaved output: no int16 temporaries (this runs on every CPU forward).
+    """
     if packed.dtype != torch.uint8:
         raise TypeError(f"unpack_int4 needs a uint8 tensor, got {packed.dtype}")
-    p = packed.to(torch.int16)
-    lo = p & 0xF
-    hi = (p >> 4) & 0xF
+    out = torch.empty(*packed.shape[:-1], 2 * packed.shape[-1], dtype=torch.int8, device=packed.device)
     if signed:
-        lo = (lo ^ 8) - 8
-        hi = (hi ^ 8) - 8
-    return torch.stack((lo, hi), dim=-1).flatten(-2).to(torch.int8)
+        out[..., 0::2] = (packed << 4).view(torch.int8) >> 4
+        out[..., 1::2] = packed.view(torch.int8) >> 4
+    else:
+        out[..., 0::2] = packed & 0xF
+        out[..., 1::2] = packed >> 4
+    return out
 
 
 # ----------------------------------------------------------------------------- weights
@@ -165,19 +181,58 @@ def fake_quant_weight(
 # ----------------------------------------------------------------------------- activations
 
 
+def check_clip_ratio(clip_ratio: float | torch.Tensor) -> float:
+    """Validate an activation clip ratio (float or one-element tensor) and return it as the
+    Python float of its fp32 value: the value every path (torch, Triton) multiplies by."""
+    if isinstance(clip_ratio, torch.Tensor):
+        if clip_ratio.numel() != 1:
+            raise ValueError(f"clip_ratio must be a scalar, got shape {tuple(clip_ratio.shape)}")
+        clip_ratio = clip_ratio.item()
+    try:
+        g = float(clip_ratio)
+    except (TypeError, ValueError):
+        raise TypeError(f"clip_ratio must be a float, got {clip_ratio!r}") from None
+    g32 = float(torch.tensor(g, dtype=torch.float32))
+    if not 0.0 < g32 <= 1.0:  # also rejects nan
+        raise ValueError(f"clip_ratio must be in (0, 1], got {clip_ratio!r}")
+    return g32
+
+
+def quantize_act_groups(
+    xg: torch.Tensor, bits: int, clip_ratio: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Core of the activation quantizer on a float32 (..., G, g) view: the last dim shares a scale.
+
+    Returns ``(q, scale)`` with q as float32 integers (so matmul paths can use it directly)
+    and scale (..., G) float32. ``clip_ratio`` must already be checked (``check_clip_ratio``).
+    """
+    qmin, qmax = int_range(bits, signed=True)
+    amax = xg.abs().amax(dim=-1)
+    if clip_ratio != 1.0:  # amax * 1.0 == amax: skipping the multiply changes nothing
+        amax = amax * clip_ratio
+    scale = amax / qmax
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = xg * (1.0 / scale)[..., None]
+    if not q.requires_grad:  # the in-place chain is the same IEEE ops, without temporaries
+        q = q.add_(0.5).floor_().clamp_(qmin, qmax)
+    else:
+        q = torch.clamp(round_half_up(q), qmin, qmax)
+    return q, scale
+
+
 def quantize_activation(
-    x: torch.Tensor, bits: int = 4, group_size: int | None = None
+    x: torch.Tensor, bits: int = 4, group_size: int | None = None, clip_ratio: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dynamic symmetric quantization per token (last dim) or per group along it.
 
-    Returns q int8 (..., K) and scale float32 (..., K/g). q = round(x * (1/scale)) with
-    IEEE operations only, so kernels reproduce q exactly.
+    Returns q int8 (..., K) and scale float32 (..., K/g). scale = (absmax * clip_ratio) /
+    qmax, q = clamp(round(x * (1/scale)), -qmax-1, qmax) with IEEE operations only, so
+    kernels reproduce q exactly. ``clip_ratio`` in (0, 1] (DRAQ); 1 is the plain absmax.
     """
     _check_bits(bits)
-    qmin, qmax = int_range(bits, signed=True)
+    g = check_clip_ratio(clip_ratio)
     xg, _ = _group_view(x.float(), group_size)
-    scale = _safe_scale(xg.abs().amax(dim=-1) / qmax, torch.float32)
-    q = torch.clamp(round_half_up(xg * (1.0 / scale)[..., None]), qmin, qmax)
+    q, scale = quantize_act_groups(xg, bits, g)
     return q.reshape(x.shape).to(torch.int8), scale
 
 
@@ -187,7 +242,41 @@ def dequantize_activation(q: torch.Tensor, scale: torch.Tensor, group_size: int 
     return (qg * scale.float()[..., None]).reshape(q.shape)
 
 
-def fake_quant_activation(x: torch.Tensor, bits: int = 4, group_size: int | None = None) -> torch.Tensor:
+def fake_quant_activation(
+    x: torch.Tensor, bits: int = 4, group_size: int | None = None, clip_ratio: float = 1.0
+) -> torch.Tensor:
     """Quantize-dequantize an activation (float in, float out, same dtype as ``x``)."""
-    q, s = quantize_activation(x, bits, group_size)
+    q, s = quantize_activation(x, bits, group_size, clip_ratio)
     return dequantize_activation(q, s, group_size).to(x.dtype)
+
+
+@torch.no_grad()
+def fit_act_clip(
+    x: torch.Tensor,
+    bits: int,
+    group_size: int | None = None,
+    ratios: tuple[float, ...] = DEFAULT_CLIP_RATIOS,
+) -> float:
+    """DRAQ's per-layer clip ratio: the ratio whose fake-quantized x has the least MSE against x.
+
+    ``x`` (M, K) (any leading dims) holds calibration activations as the quantizer sees them
+    (after smoothing / rotation). Exactly the numerics of :func:`fake_quant_activation`;
+    the per-row absmax is computed once for all ratios. Ties go to the earlier ratio in
+    ``ratios`` (with the default order: the larger one). Returns the ratio as given
+    (validated as a clip ratio).
+    """
+    _check_bits(bits)
+    if len(ratios) == 0:
+        raise ValueError("ratios must not be empty")
+    for r in ratios:
+        check_clip_ratio(r)
+    xg, _ = _group_view(x.detach().float(), group_size)
+    if xg.numel() == 0:
+        return float(ratios[0])
+    best, best_err = float(ratios[0]), None
+    for r in ratios:
+        q, scale = quantize_act_groups(xg, bits, check_clip_ratio(r))
+        err = float(q.mul_(scale[..., None]).sub_(xg).square_().sum(dtype=torch.float64))
+        if best_err is None or err < best_err:
+            best, best_err = float(r), err
+    return best

@@ -4,9 +4,21 @@ Holds everything a quantized DiT linear layer needs as ``state_dict`` buffers (s
 safetensors checkpoint round-trips): the packed int4 (or int8) weight, its scales and
 optional zero points, the smoothing vector, the low-rank factors, the bias, and a small
 ``qmeta`` int tensor with the layer's configuration (``from_state_dict`` rebuilds the
-layer from it). ``forward`` runs the fused Triton kernels on CUDA and the pure-torch
-reference elsewhere; both compute the numerics defined in ``vsrq.quant.pack`` /
-``vsrq.kernels.reference``, so model code never needs to know which one ran.
+layer from it), plus ``act_clip``, the float32 (1,) activation clip ratio of DRAQ
+(LSGQuant's Dynamic Range Adaptive Quantizer; 1.0 = plain absmax scales).
+
+``act_clip`` and ``qmeta``: the clip ratio is a *value* like the scales, not structure
+(every layer has the buffer, whatever its config), so it is not in ``qmeta`` and the
+qmeta version stays 1. A state dict without ``act_clip`` (written before it existed)
+loads with act_clip = 1.0, which is exactly the numerics it was written with. The other
+direction is refused: code from before act_clip rejects a checkpoint holding it as an
+unexpected key, rather than silently computing unclipped activations.
+
+``forward`` runs the fused Triton kernels on CUDA and the pure-torch reference
+elsewhere (the CPU path: exact fp32 integer GEMMs where provable, see
+``reference.exact_gemm_plan``); both compute the numerics defined in
+``vsrq.quant.pack`` / ``vsrq.kernels.reference``, so model code never needs to know
+which one ran.
 
 Calibration (smoothing, low-rank, learned bias alignment) is another module's job: it
 sets these buffers. ``from_linear`` here is plain round-to-nearest (RTN) with an
@@ -22,7 +34,7 @@ import torch.nn as nn
 
 from vsrq.kernels._triton import can_run_triton
 from vsrq.kernels.reference import hadamard_matrix, hadamard_scale, quant_linear_ref, unpack_int4_ref
-from vsrq.quant.pack import dequantize_weight, pack_int4, quantize_weight
+from vsrq.quant.pack import check_clip_ratio, dequantize_weight, pack_int4, quantize_weight
 
 __all__ = ["QuantLinear"]
 
@@ -58,6 +70,7 @@ class QuantLinear(nn.Module):
         lowrank_dtype: torch.dtype = torch.bfloat16,
         scale_dtype: torch.dtype = torch.float16,
         cache_int8: bool = False,
+        act_clip: float = 1.0,
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
@@ -111,6 +124,11 @@ class QuantLinear(nn.Module):
         )
         self.register_buffer("lora_up", torch.zeros(rank, n, dtype=lowrank_dtype, device=device) if rank else None)
         self.register_buffer("qmeta", self._meta_tensor(bias, smooth, bias_align, device))
+        # DRAQ activation clip ratio (a value, not config: see the module doc)
+        self.register_buffer(
+            "act_clip", torch.full((1,), check_clip_ratio(act_clip), dtype=torch.float32, device=device)
+        )
+        self._clip_cache: tuple[torch.Tensor, int, float] | None = None
         self._w8_cache: torch.Tensor | None = None
         self._w8_key: tuple | None = None
         self._scale_dtype = scale_dtype
@@ -122,7 +140,7 @@ class QuantLinear(nn.Module):
         are never touched by float casts anyway)."""
         super()._apply(fn, recurse)
         fixed = {"wscale": self._scale_dtype, "smooth": torch.float32, "bias": torch.float32,
-                 "lora_down": self._lowrank_dtype, "lora_up": self._lowrank_dtype}
+                 "lora_down": self._lowrank_dtype, "lora_up": self._lowrank_dtype, "act_clip": torch.float32}
         for name, dt in fixed.items():
             t = self._buffers.get(name)
             if t is not None and t.dtype != dt:
@@ -179,9 +197,24 @@ class QuantLinear(nn.Module):
                 f"this layer's; build it with QuantLinear.from_state_dict"
             )
             return
+        clip_key = prefix + "act_clip"
+        if clip_key in state_dict:
+            try:
+                check_clip_ratio(state_dict[clip_key])
+            except (TypeError, ValueError) as exc:
+                error_msgs.append(f"{clip_key}: {exc}")
+                return
+        n_missing = len(missing_keys)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+        if clip_key not in state_dict:
+            # written before DRAQ existed: unclipped activations, i.e. ratio 1
+            if clip_key in missing_keys[n_missing:]:
+                missing_keys.remove(clip_key)
+            with torch.no_grad():
+                self.act_clip.fill_(1.0)
         self._w8_cache = None
+        self._clip_cache = None
 
     # ------------------------------------------------------------------ construction
 
@@ -203,9 +236,11 @@ class QuantLinear(nn.Module):
         lowrank_dtype: torch.dtype = torch.bfloat16,
         scale_dtype: torch.dtype = torch.float16,
         cache_int8: bool = False,
+        act_clip: float = 1.0,
     ) -> "QuantLinear":
         """RTN-quantize an ``nn.Linear``: W' = (W * smooth) H; low-rank = top-``rank`` SVD
-        of W' (its 16-bit rounding is folded into the residual); the residual is quantized."""
+        of W' (its 16-bit rounding is folded into the residual); the residual is quantized.
+        ``act_clip``: the activation clip ratio (DRAQ; fit it with ``pack.fit_act_clip``)."""
         w = linear.weight.detach().float()
         n, k = w.shape
         dev = w.device
@@ -213,7 +248,8 @@ class QuantLinear(nn.Module):
             k, n, linear.bias is not None, w_bits=bits, a_bits=act_bits, group_size=group_size,
             act_group_size=act_group_size, symmetric=symmetric, rank=rank, smooth=smooth is not None,
             hadamard_block=hadamard_block, activation=activation, bias_align=bias_align,
-            lowrank_dtype=lowrank_dtype, scale_dtype=scale_dtype, cache_int8=cache_int8, device=dev,
+            lowrank_dtype=lowrank_dtype, scale_dtype=scale_dtype, cache_int8=cache_int8, act_clip=act_clip,
+            device=dev,
         )
         if smooth is not None:
             sm = smooth.detach().float().to(dev)
@@ -264,6 +300,25 @@ class QuantLinear(nn.Module):
         if zero is not None:
             self.wzero.copy_(zero.to(torch.int8))
         self._w8_cache = None
+
+    # ------------------------------------------------------------------ activation clip
+
+    @torch.no_grad()
+    def set_act_clip(self, ratio: float) -> None:
+        """Set the DRAQ activation clip ratio (in (0, 1]; 1 = no clipping)."""
+        self.act_clip.fill_(check_clip_ratio(ratio))
+        self._clip_cache = None
+
+    def act_clip_value(self) -> float:
+        """The clip ratio as a Python float, cached against the buffer's identity and version
+        counter, so a CUDA forward does not sync on ``.item()`` every call."""
+        t = self.act_clip
+        c = self._clip_cache
+        if c is not None and c[0] is t and c[1] == t._version:
+            return c[2]
+        v = check_clip_ratio(t)
+        self._clip_cache = (t, t._version, v)  # holding t keeps its identity unique
+        return v
 
     # ------------------------------------------------------------------ weights
 
@@ -326,6 +381,7 @@ class QuantLinear(nn.Module):
             wzero=self.wzero, a_bits=self.a_bits, act_group=self.act_group_size, smooth=self.smooth,
             hadamard_block=self.hadamard_block, lora_down=self.lora_down, lora_up=self.lora_up,
             bias=self.effective_bias(), activation=self.activation, out_dtype=x.dtype,
+            clip_ratio=self.act_clip_value(),
         )
         if self._use_triton(x2):
             from vsrq.kernels.linear import quant_linear
@@ -351,5 +407,6 @@ class QuantLinear(nn.Module):
             f"in={self.in_features}, out={self.out_features}, W{self.w_bits}A{self.a_bits}, "
             f"w_group={g}, a_group={ag}, symmetric={self.symmetric}, rank={self.rank}, "
             f"smooth={self.smooth is not None}, hadamard={self.hadamard_block}, act={self.activation}"
+            + ("" if float(self.act_clip[0]) == 1.0 else f", act_clip={float(self.act_clip[0]):.4g}")
         )
 
