@@ -193,10 +193,10 @@ def quantize(
     if report is not None:
         report.write_text(json.dumps(rep, indent=2))
     if not quiet:
-        typer.echo(f"{'layer':<24}{'group':>7}{'rank':>6}{'alpha':>7}{'had':>5}{'SQNR dB':>9}{'bits/w':>8}")
+        typer.echo(f"{'layer':<24}{'group':>7}{'rank':>6}{'alpha':>7}{'had':>5}{'clip':>6}{'SQNR dB':>9}{'bits/w':>8}")
         for c in result.choices:
             alpha = f"{c.smooth_alpha:.1f}" if c.smooth_alpha is not None else "-"
-            typer.echo(f"{c.name:<24}{c.group_size or 'ch':>7}{c.rank:>6}{alpha:>7}{c.hadamard_block:>5}{c.sqnr_db:>9.2f}{c.bits_per_weight:>8.2f}")
+            typer.echo(f"{c.name:<24}{c.group_size or 'ch':>7}{c.rank:>6}{alpha:>7}{c.hadamard_block:>5}{c.act_clip:>6.2f}{c.sqnr_db:>9.2f}{c.bits_per_weight:>8.2f}")
         typer.echo(f"{recipe.name} {precision}: {rep['bits_per_weight']:.2f} bits/weight over quantized layers; "
                    f"calibration {rep['calib_seconds']:.1f} s, quantization {rep['quant_seconds']:.1f} s -> {out}")
 
@@ -287,6 +287,8 @@ def evaluate_cmd(
     overlap: int = typer.Option(2, "--overlap"),
     png: Optional[Path] = typer.Option(None, "--png", help="Side-by-side crop (bicubic | model | HR) of the first clip."),
     temporal: bool = typer.Option(True, "--temporal/--no-temporal", help="Warping error (needs opencv-python-headless)."),
+    max_clips: int = typer.Option(0, "--clips", help="Use only the first N clips (0 = all)."),
+    max_frames: int = typer.Option(0, "--frames", help="Use only the first N frames of each clip (0 = all)."),
 ) -> None:
     """PSNR-Y / SSIM-Y / warping error of a model against bicubic and Lanczos on held-out clips."""
     import numpy as np
@@ -298,6 +300,10 @@ def evaluate_cmd(
     from vsrq.train.data import load_eval_set
 
     clips = load_eval_set(eval_dir)
+    clips = clips[:max_clips] if max_clips else clips
+    if max_frames:
+        for c in clips:
+            c.lr, c.hr = c.lr[:max_frames], c.hr[:max_frames]
     loaded = load_model(model)
     upscaler = ChunkUpscaler(loaded, UpscaleOptions(chunk=chunk, overlap=overlap, device=device))
     rows = evaluate("ground truth", None, clips, temporal=temporal)

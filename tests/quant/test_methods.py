@@ -107,3 +107,14 @@ def test_recipes_validate_and_load_from_toml(tmp_path):
         load_recipe(str(f))
     with pytest.raises(VsrqError, match="unknown method"):
         load_recipe("no-such-method")
+
+
+def test_draq_clip_lowers_error_on_heavy_tailed_tokens():
+    torch.manual_seed(0)
+    lin, st = toy_layer(outliers=False)
+    heavy = torch.distributions.StudentT(2.0).sample(st.x.shape)
+    st.samples = [heavy]
+    st.chan_absmax = heavy.abs().amax(0)
+    q, choice = quantize_layer(lin, st, PRESETS["draq"], group_size=None, rank=0)
+    assert choice.act_clip < 1.0
+    assert layer_error(lin, q, heavy)[0] < mse_of(PRESETS["rtn"], lin, st)

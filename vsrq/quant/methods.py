@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from vsrq.quant.calibrate import LayerStats
-from vsrq.quant.pack import dequantize_weight, fake_quant_activation, fake_quant_weight, quantize_weight
+from vsrq.quant.pack import DEFAULT_CLIP_RATIOS, dequantize_weight, fake_quant_activation, fake_quant_weight, quantize_weight
 from vsrq.quant.qlinear import QuantLinear
 from vsrq.quant.recipe import Recipe
 
@@ -32,6 +32,7 @@ class LayerChoice:
     hadamard_block: int
     sqnr_db: float
     bits_per_weight: float
+    act_clip: float = 1.0
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
@@ -110,6 +111,24 @@ def align_bias(linear: nn.Linear, q: QuantLinear, x: torch.Tensor) -> None:
     q.bias_align.copy_((ref - q(x.float()).float()).mean(0))
 
 
+@torch.no_grad()
+def fit_layer_act_clip(linear: nn.Linear, q: QuantLinear, x: torch.Tensor) -> float:
+    """DRAQ (LSGQuant): a per-layer activation range ratio for the layer's token-range distribution.
+
+    Video tokens differ in range by orders of magnitude; clipping each token's range by a ratio
+    gamma <= 1 trades a few saturated values for finer steps everywhere else. gamma is chosen by
+    the layer's *output* error on its calibration tokens (which also sees the weights' error),
+    among DEFAULT_CLIP_RATIOS; 1.0 (no clipping) is always a candidate, so it never hurts."""
+    best = (layer_error(linear, q, x)[0], 1.0)
+    for r in DEFAULT_CLIP_RATIOS:
+        if r >= 1.0:
+            continue
+        q.set_act_clip(r)
+        best = min(best, (layer_error(linear, q, x)[0], r))
+    q.set_act_clip(best[1])
+    return best[1]
+
+
 def quantize_layer(linear: nn.Linear, stats: LayerStats, recipe: Recipe, *, group_size: int | None, rank: int) -> tuple[QuantLinear, LayerChoice]:
     """One layer through the recipe's steps; returns the module and what was chosen."""
     x = stats.x
@@ -132,10 +151,13 @@ def quantize_layer(linear: nn.Linear, stats: LayerStats, recipe: Recipe, *, grou
             best = (mse, q, alpha)
     assert best is not None
     _, q, alpha = best
+    clip = 1.0
+    if recipe.act_clip == "draq":
+        clip = fit_layer_act_clip(linear, q, x)
     if recipe.bias_align is not None:
         align_bias(linear, q, x)
     _, sqnr = layer_error(linear, q, x)
-    return q, LayerChoice(stats.name, q.group_size, q.rank, alpha, had, sqnr, bits_per_weight(q))
+    return q, LayerChoice(stats.name, q.group_size, q.rank, alpha, had, sqnr, bits_per_weight(q), clip)
 
 
 def group_candidates(k: int) -> list[int | None]:
