@@ -1,0 +1,38 @@
+"""The packaged default model loads offline through the registry and does better than bicubic."""
+
+import numpy as np
+import pytest
+import torch
+
+from vsrq.eval.baselines import bicubic_upscale
+from vsrq.eval.metrics import psnr_y
+from vsrq.io import VideoReader
+from vsrq.models.loader import load_model
+from vsrq.pipeline.upscale import ChunkUpscaler, UpscaleOptions, upscale_clip
+from vsrq.train.data import resize_clip
+from vsrq.train.degrade import degrade_mild
+
+
+def test_default_model_is_packaged_and_verified(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("VSRQ_CACHE", str(tmp_path))
+    monkeypatch.delenv("VSRQ_MODELS", raising=False)
+    loaded = load_model(None)
+    assert loaded.name == "vsrq-tiny-fp16" and loaded.scale == 4
+
+
+@pytest.mark.xfail(strict=True, reason="issue 3: the interim CPU-trained vsrq-tiny-fp16 is 0.1-0.2 dB below bicubic on "
+                   "bigbuckbunny (docs/MODELS.md); strict, so a model that passes makes this test fail until the mark goes")
+def test_default_model_beats_bicubic_on_held_out_frames(bbb_path, monkeypatch, tmp_path):
+    """bigbuckbunny is never trained on. Same protocol as the eval set (docs/MODELS.md): frames
+    reduced to 640x360, the mild degradation; here 8 frames and the whole frame."""
+    monkeypatch.delenv("VSRQ_MODELS", raising=False)
+    monkeypatch.setenv("VSRQ_CACHE", str(tmp_path))
+    with VideoReader(bbb_path) as r:
+        frames = [f.image for _, f in zip(range(48), r.frames())][40:48]
+    hr = resize_clip(np.stack(frames), (360, 640))
+    lr = degrade_mild(np.ascontiguousarray(hr))
+    up = ChunkUpscaler(load_model(None), UpscaleOptions(chunk=8, overlap=2, device="cpu"))
+    ours = psnr_y(upscale_clip(up, lr), hr, 4).mean
+    base = psnr_y(np.asarray(bicubic_upscale(lr)), hr, 4).mean
+    assert ours > base + 0.1, (ours, base)
