@@ -52,8 +52,8 @@ class Recipe:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not 2 <= self.w_bits <= 8 or not 2 <= self.a_bits <= 16:
-            raise VsrqError(f"bits must be 2..8 for weights and 2..8 (or 16 = none) for activations, got W{self.w_bits}A{self.a_bits}")
+        if not 2 <= self.w_bits <= 8 or not 2 <= self.a_bits <= 8:
+            raise VsrqError(f"bits must be 2..8 for weights and activations, got W{self.w_bits}A{self.a_bits}")
         choices = {
             "smooth": (None, "fixed", "search"),
             "rank_alloc": ("uniform", "stca"),
@@ -88,7 +88,6 @@ class Recipe:
 def _presets() -> dict[str, Recipe]:
     base = Recipe()
     p = {
-        "fp": replace(base, name="fp", w_bits=8, a_bits=16),  # not quantized: a reference row
         "rtn-w8a8": replace(base, name="rtn-w8a8", w_bits=8, a_bits=8),
         "rtn": base,
         "smoothquant": replace(base, name="smoothquant", smooth="search"),
@@ -99,6 +98,14 @@ def _presets() -> dict[str, Recipe]:
         "draq": replace(base, name="draq", act_clip="draq"),
         "stca": replace(base, name="stca", smooth="search", rank=16, rank_alloc="stca"),
         "mpq-lowrank": replace(base, name="mpq-lowrank", rank=16, lowrank_init="svd_error"),
+        "qao": replace(base, name="qao", smooth="search", rank=16, refine="qao", refine_steps=200, refine_layers=0.5),
+        "joint": replace(base, name="joint", smooth="search", rank=16, bias_align="learn", refine="joint", refine_steps=200),
+        "lbq": replace(base, name="lbq", refine="lbq", refine_steps=200),
+        # Combinations measured in docs/QUANT.md: every component that helped alone, without and
+        # with a (small) low-rank branch, whose bits count heavily on narrow layers.
+        "combo": replace(base, name="combo", smooth="search", rotate=True, act_clip="draq", bias_align="mean"),
+        "combo-lr": replace(base, name="combo-lr", smooth="search", rotate=True, act_clip="draq", bias_align="learn",
+                            rank=8, rank_alloc="stca", refine="joint", refine_steps=200),
     }
     return p
 
