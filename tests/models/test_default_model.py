@@ -18,7 +18,10 @@ def test_default_model_is_packaged_and_verified(monkeypatch, tmp_path):
     monkeypatch.setenv("VSRQ_CACHE", str(tmp_path))
     monkeypatch.delenv("VSRQ_MODELS", raising=False)
     loaded = load_model(None)
-    assert loaded.name == "vsrq-tiny-fp16" and loaded.scale == 4
+    assert loaded.name == "vsrq-tiny" and loaded.precision == "w4a4" and loaded.scale == 4
+    assert loaded.quant["recipe"]["name"] == "combo"
+    fp = load_model("vsrq-tiny-fp16")
+    assert fp.precision == "fp16" and fp.module.config == loaded.module.config
 
 
 @pytest.mark.xfail(strict=True, reason="issue 3: the interim CPU-trained vsrq-tiny-fp16 is 0.1-0.2 dB below bicubic on "
