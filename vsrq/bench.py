@@ -10,7 +10,6 @@ kernels cost the same whatever the values).
 from __future__ import annotations
 
 import copy
-import os
 import platform
 import resource
 import statistics
@@ -110,7 +109,6 @@ def run_bench(*, model: str | None, config: dict | None, input: Path | None, siz
         loaded = load_model(model)
     if loaded.precision not in ("fp32", "fp16", "bf16"):
         raise ValueError("bench a full-precision model; it makes the low-bit variants itself")
-    fp_name = "bf16" if dtype == torch.bfloat16 else ("fp16" if dtype == torch.float16 else "fp32")
     w, h = size
     x = torch.rand(1, 3, chunk, h, w, device=dev, dtype=dtype)
     res: dict = {

@@ -14,14 +14,12 @@ from typing import Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 
-import vsrq
 from vsrq.errors import ModelError
 from vsrq.models.dit import DiTConfig, VSRDiT
 from vsrq.models.registry import ModelSpec, load_registry, resolve_weights
-from vsrq.quant.checkpoint import install_quantized, quant_report, quantized_layer_names
+from vsrq.quant.checkpoint import install_quantized, quant_report, quantized_layer_names, write_checkpoint
 
 
 @dataclass(frozen=True)
@@ -71,28 +69,10 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
 
 
 def save_checkpoint(module: nn.Module, path: Path, *, arch: str, precision: str, extra_meta: dict[str, str] | None = None) -> None:
-    """Write a module's weights with the metadata `read_checkpoint` needs, atomically."""
+    """Write a float model's weights in `precision` with the metadata `read_checkpoint` needs, atomically."""
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}.get(precision)
-    tensors = {}
-    for k, v in module.state_dict().items():
-        v = v.detach().cpu()
-        if dtype is not None and v.is_floating_point():
-            v = v.to(dtype)
-        tensors[k] = v.contiguous()
-    meta = {
-        "vsrq.arch": arch,
-        "vsrq.config": json.dumps(ARCHITECTURES[arch].config_of(module)),
-        "vsrq.precision": precision,
-        "vsrq.version": vsrq.__version__,
-        **(extra_meta or {}),
-    }
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata=meta)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_checkpoint(module, path, arch=arch, config=ARCHITECTURES[arch].config_of(module), precision=precision,
+                     float_dtype=dtype, extra_meta=extra_meta)
 
 
 def _configs_agree(registry_cfg: dict, file_cfg: dict) -> list[str]:

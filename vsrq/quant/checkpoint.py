@@ -53,8 +53,10 @@ def quant_report(meta: dict[str, str]) -> dict:
     return json.loads(meta.get("vsrq.quant", "{}"))
 
 
-def save_quantized(model: nn.Module, path: Path, *, arch: str, config: dict, precision: str, report: dict, float_dtype: torch.dtype = torch.float16) -> None:
-    """Write the quantized model atomically; float tensors outside QuantLinears in `float_dtype`."""
+def write_checkpoint(model: nn.Module, path: Path, *, arch: str, config: dict, precision: str,
+                     float_dtype: torch.dtype | None, extra_meta: dict[str, str] | None = None) -> None:
+    """Write any vsrq model atomically: float tensors in `float_dtype` (None keeps them), the
+    buffers of QuantLinears exactly as they are, and the metadata `read_checkpoint` needs."""
     from safetensors.torch import save_file
 
     import vsrq
@@ -63,16 +65,11 @@ def save_quantized(model: nn.Module, path: Path, *, arch: str, config: dict, pre
     tensors = {}
     for k, v in model.state_dict().items():
         v = v.detach().cpu()
-        if not k.startswith(quant_prefixes) and v.is_floating_point():
+        if float_dtype is not None and v.is_floating_point() and not (quant_prefixes and k.startswith(quant_prefixes)):
             v = v.to(float_dtype)
         tensors[k] = v.contiguous()
-    meta = {
-        "vsrq.arch": arch,
-        "vsrq.config": json.dumps(config),
-        "vsrq.precision": precision,
-        "vsrq.version": vsrq.__version__,
-        "vsrq.quant": json.dumps(report),
-    }
+    meta = {"vsrq.arch": arch, "vsrq.config": json.dumps(config), "vsrq.precision": precision,
+            "vsrq.version": vsrq.__version__, **(extra_meta or {})}
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -80,3 +77,9 @@ def save_quantized(model: nn.Module, path: Path, *, arch: str, config: dict, pre
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def save_quantized(model: nn.Module, path: Path, *, arch: str, config: dict, precision: str, report: dict, float_dtype: torch.dtype = torch.float16) -> None:
+    """A quantized model: layers left in 16-bit as `float_dtype`, the report in `vsrq.quant`."""
+    write_checkpoint(model, path, arch=arch, config=config, precision=precision, float_dtype=float_dtype,
+                     extra_meta={"vsrq.quant": json.dumps(report)})
