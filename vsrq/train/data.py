@@ -639,38 +639,41 @@ class ClipDataset(Dataset):
         nv = len(self._lr[index])
         j = self.variant if self.variant is not None else int(torch.randint(nv, ()))
         lr, hr = self.load_clip(index, j)
-        s = self.scale
-        t = lr.shape[0]
-        if self.frames is not None and self.frames < t:
-            t0 = int(torch.randint(t - self.frames + 1, ())) if self.augment else 0
-            lr, hr = lr[t0 : t0 + self.frames], hr[t0 : t0 + self.frames]
-        if self.crop is not None:
-            c = self.crop // s
-            h, w = lr.shape[1:3]
-            if self.augment:
-                y, x = int(torch.randint(h - c + 1, ())), int(torch.randint(w - c + 1, ()))
-            else:
-                y, x = (h - c) // 2, (w - c) // 2
-            lr = lr[:, y : y + c, x : x + c]
-            hr = hr[:, y * s : (y + c) * s, x * s : (x + c) * s]
-        lt = torch.from_numpy(np.ascontiguousarray(lr)).permute(3, 0, 1, 2)
-        ht = torch.from_numpy(np.ascontiguousarray(hr)).permute(3, 0, 1, 2)
-        if self.augment:
-            flips = torch.rand(4) < 0.5
-            if flips[0]:
-                lt, ht = lt.flip(-1), ht.flip(-1)
-            if flips[1]:
-                lt, ht = lt.flip(-2), ht.flip(-2)
-            if flips[2] and lt.shape[-1] == lt.shape[-2]:
-                lt, ht = lt.transpose(-1, -2), ht.transpose(-1, -2)
-            if flips[3]:
-                lt, ht = lt.flip(1), ht.flip(1)
-        return {
-            "lr": lt.contiguous().float().div_(255.0),
-            "hr": ht.contiguous().float().div_(255.0),
-            "index": index,
-            "variant": j,
-        }
+        # torch's generator (seeded per DataLoader worker) seeds the crop so workers differ
+        rng = np.random.default_rng(int(torch.randint(2**62, ()))) if self.augment else None
+        lt, ht = crop_pair(lr, hr, self.scale, None if self.crop is None else self.crop // self.scale, self.frames, rng)
+        return {"lr": lt, "hr": ht, "index": index, "variant": j}
+
+
+def crop_pair(lr: np.ndarray, hr: np.ndarray, scale: int, crop: int | None, frames: int | None,
+              rng: np.random.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one crop/augment of training pairs: aligned LR crop of `crop` pixels (HR scale x larger),
+    `frames` frames; with `rng`, random position, flips, transpose (square crops) and time
+    reversal; without, the first frames and the centre crop. Returns float (3, T, h, w) in [0, 1]."""
+    t, h, w, _ = lr.shape
+    n = t if frames is None else min(frames, t)
+    t0 = int(rng.integers(0, t - n + 1)) if rng is not None else 0
+    lr, hr = lr[t0:t0 + n], hr[t0:t0 + n]
+    if crop is not None:
+        c = min(crop, h, w)
+        if rng is not None:
+            y, x = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))
+        else:
+            y, x = (h - c) // 2, (w - c) // 2
+        lr = lr[:, y:y + c, x:x + c]
+        hr = hr[:, y * scale:(y + c) * scale, x * scale:(x + c) * scale]
+    if rng is not None:
+        flips = rng.random(4) < 0.5
+        if flips[0]:
+            lr, hr = lr[:, :, ::-1], hr[:, :, ::-1]
+        if flips[1]:
+            lr, hr = lr[:, ::-1], hr[:, ::-1]
+        if flips[2] and lr.shape[1] == lr.shape[2]:
+            lr, hr = lr.transpose(0, 2, 1, 3), hr.transpose(0, 2, 1, 3)
+        if flips[3]:
+            lr, hr = lr[::-1], hr[::-1]
+    to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(3, 0, 1, 2).float().div_(255.0)  # noqa: E731
+    return to(lr), to(hr)
 
 
 # --------------------------------------------------------------------------------------------

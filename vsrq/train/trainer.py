@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vsrq.models.dit import DiTConfig, VSRDiT
 from vsrq.models.loader import save_checkpoint
+from vsrq.train.data import crop_pair
 from vsrq.train.losses import LossWeights, vsr_loss
 
 
@@ -78,7 +79,7 @@ class PackedPairs:
 
 
 class CropDataset(Dataset):
-    """Random aligned crops, flips and time reversal of stored pairs; item = (clip index, seed)."""
+    """Training items of a PairStore; item = (pair index, seed), so a batch depends only on its plan."""
 
     def __init__(self, store: PairStore, crop: int, frames: int, scale: int) -> None:
         self.store, self.crop, self.frames, self.scale = store, crop, frames, scale
@@ -88,23 +89,8 @@ class CropDataset(Dataset):
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         index, seed = item
-        rng = np.random.default_rng(seed)
         lr, hr = self.store.pair(index)
-        t, h, w, _ = lr.shape
-        s, c = self.scale, min(self.crop, lr.shape[1], lr.shape[2])
-        n = min(self.frames, t)
-        t0 = int(rng.integers(0, t - n + 1))
-        y0, x0 = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))
-        lr = lr[t0:t0 + n, y0:y0 + c, x0:x0 + c]
-        hr = hr[t0:t0 + n, y0 * s:(y0 + c) * s, x0 * s:(x0 + c) * s]
-        if rng.random() < 0.5:
-            lr, hr = lr[:, :, ::-1], hr[:, :, ::-1]
-        if rng.random() < 0.5:
-            lr, hr = lr[:, ::-1], hr[:, ::-1]
-        if rng.random() < 0.5:
-            lr, hr = lr[::-1], hr[::-1]
-        to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(3, 0, 1, 2).float().div_(255)  # noqa: E731
-        return to(lr), to(hr)
+        return crop_pair(lr, hr, self.scale, self.crop, self.frames, np.random.default_rng(seed))
 
 
 def batch_plan(seed: int, step: int, n_clips: int, batch: int) -> list[tuple[int, int]]:
