@@ -289,6 +289,7 @@ def evaluate_cmd(
     temporal: bool = typer.Option(True, "--temporal/--no-temporal", help="Warping error (needs opencv-python-headless)."),
     max_clips: int = typer.Option(0, "--clips", help="Use only the first N clips (0 = all)."),
     max_frames: int = typer.Option(0, "--frames", help="Use only the first N frames of each clip (0 = all)."),
+    per_clip: bool = typer.Option(False, "--per-clip", help="Also print PSNR-Y per clip."),
 ) -> None:
     """PSNR-Y / SSIM-Y / warping error of a model against bicubic and Lanczos on held-out clips."""
     import numpy as np
@@ -299,11 +300,7 @@ def evaluate_cmd(
     from vsrq.pipeline.upscale import ChunkUpscaler, UpscaleOptions, upscale_clip
     from vsrq.train.data import load_eval_set
 
-    clips = load_eval_set(eval_dir)
-    clips = clips[:max_clips] if max_clips else clips
-    if max_frames:
-        for c in clips:
-            c.lr, c.hr = c.lr[:max_frames], c.hr[:max_frames]
+    clips = load_eval_set(eval_dir, max_clips, max_frames)
     loaded = load_model(model)
     upscaler = ChunkUpscaler(loaded, UpscaleOptions(chunk=chunk, overlap=overlap, device=device))
     rows = evaluate("ground truth", None, clips, temporal=temporal)
@@ -311,6 +308,11 @@ def evaluate_cmd(
         rows += evaluate(name, fn, clips, temporal=temporal)
     rows += evaluate(f"{loaded.name} [{loaded.precision}]", lambda lr: upscale_clip(upscaler, lr), clips, temporal=temporal)
     typer.echo(format_table(rows))
+    if per_clip:
+        typer.echo("\n| clip | " + " | ".join(dict.fromkeys(r["method"] for r in rows if r["method"] != "ground truth")) + " |  (PSNR-Y dB)")
+        for c in clips:
+            vals = [f"{r['psnr_y']:.2f}" for r in rows if r["clip"] == c.name and r["method"] != "ground truth"]
+            typer.echo(f"| {c.name} | " + " | ".join(vals) + " |")
     if png is not None:
         from vsrq.io.image import write_png
 

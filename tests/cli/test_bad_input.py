@@ -95,3 +95,10 @@ def test_models_lists_registry(test_model):
     result = run("models")
     assert result.exit_code == 0
     assert "random-tiny" in result.output and "vsrq-tiny-fp16" in result.output
+
+
+def test_train_and_eval_on_missing_data_say_how_to_build_it(tmp_path):
+    result = run("train", "--data", str(tmp_path / "nodata"), "--run", str(tmp_path / "run"))
+    assert_clean_failure(result, "python -m vsrq.train.data build", tmp_path)
+    result = run("eval", "--eval", str(tmp_path / "noeval"))
+    assert_clean_failure(result, "python -m vsrq.train.data eval", tmp_path)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vsrq.eval.metrics import psnr_y, ssim_y
+from vsrq.eval.report import evaluate
 from vsrq.models.loader import LoadedModel, load_model
 from vsrq.pipeline.upscale import ChunkUpscaler, UpscaleOptions, upscale_clip
 from vsrq.quant.calibrate import default_calibration_clips
@@ -36,14 +36,23 @@ def psnr_vs(a: np.ndarray, b: np.ndarray) -> float:
 
 def run_rows(loaded: LoadedModel, clips, methods: list[str], *, chunk: int, overlap: int, log=print) -> list[dict]:
     opts = UpscaleOptions(chunk=chunk, overlap=overlap, device="cpu")
-    fp_up = ChunkUpscaler(loaded, opts)
-    fp_out = [upscale_clip(fp_up, c.lr) for c in clips]
-    rows = [{
-        "method": f"{loaded.name} (full precision)",
-        "psnr_y": float(np.mean([psnr_y(o, c.hr, 4).mean for o, c in zip(fp_out, clips)])),
-        "ssim_y": float(np.mean([ssim_y(o, c.hr, 4).mean for o, c in zip(fp_out, clips)])),
-        "psnr_vs_fp": float("inf"), "bits": 16.0, "calib_s": 0.0,
-    }]
+
+    def scored(name: str, model: LoadedModel, fp_out: list[np.ndarray] | None) -> tuple[dict, list[np.ndarray]]:
+        up = ChunkUpscaler(model, opts)
+        outs: list[np.ndarray] = []
+
+        def upscale_and_keep(lr: np.ndarray) -> np.ndarray:
+            outs.append(upscale_clip(up, lr))
+            return outs[-1]
+
+        per_clip = evaluate(name, upscale_and_keep, clips, temporal=False)
+        row = {"method": name, "psnr_y": float(np.mean([r["psnr_y"] for r in per_clip])),
+               "ssim_y": float(np.mean([r["ssim_y"] for r in per_clip])),
+               "psnr_vs_fp": float("inf") if fp_out is None else float(np.mean([psnr_vs(o, f) for o, f in zip(outs, fp_out)]))}
+        return row, outs
+
+    row, fp_out = scored(f"{loaded.name} (full precision)", loaded, None)
+    rows = [{**row, "bits": 16.0, "calib_s": 0.0}]
     log(rows[-1])
     calib = default_calibration_clips()
     for m in methods:
@@ -52,17 +61,8 @@ def run_rows(loaded: LoadedModel, clips, methods: list[str], *, chunk: int, over
         result = quantize_model(loaded.module, recipe, calib)
         secs = time.perf_counter() - t0
         q = LoadedModel(name=m, module=result.model, precision=f"w{recipe.w_bits}a{recipe.a_bits}", weights_path=loaded.weights_path)
-        up = ChunkUpscaler(q, opts)
-        outs = [upscale_clip(up, c.lr) for c in clips]
-        rep = result.report(recipe)
-        rows.append({
-            "method": f"{m} W{recipe.w_bits}A{recipe.a_bits}",
-            "psnr_y": float(np.mean([psnr_y(o, c.hr, 4).mean for o, c in zip(outs, clips)])),
-            "ssim_y": float(np.mean([ssim_y(o, c.hr, 4).mean for o, c in zip(outs, clips)])),
-            "psnr_vs_fp": float(np.mean([psnr_vs(o, f) for o, f in zip(outs, fp_out)])),
-            "bits": rep["bits_per_weight"],
-            "calib_s": secs,
-        })
+        row, _ = scored(f"{m} W{recipe.w_bits}A{recipe.a_bits}", q, fp_out)
+        rows.append({**row, "bits": result.report(recipe)["bits_per_weight"], "calib_s": secs})
         log(rows[-1])
     return rows
 
@@ -88,11 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="also write the table (markdown) here")
     a = ap.parse_args(argv)
     torch.manual_seed(0)
-    clips = load_eval_set(a.eval)
-    if a.clips:
-        clips = clips[: a.clips]
-    for c in clips:
-        c.lr, c.hr = c.lr[: a.frames], c.hr[: a.frames]
+    clips = load_eval_set(a.eval, a.clips, a.frames)
     loaded = load_model(a.model)
     rows = run_rows(loaded, clips, a.methods.split(","), chunk=a.chunk, overlap=a.overlap, log=lambda r: print(r, file=sys.stderr))
     header = (f"Ablation {time.strftime('%Y-%m-%d')}: model {loaded.name}, {len(clips)} held-out clips x {a.frames} frames "

@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from vsrq.errors import VsrqError
+
 from .degrade import (
     decode_clip,
     degrade_mild_encoded,
@@ -586,9 +588,13 @@ class ClipDataset(Dataset):
         from safetensors import safe_open
 
         self.root = Path(root)
-        man = json.loads((self.root / "manifest.json").read_text())
+        try:
+            man = json.loads((self.root / "manifest.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise VsrqError(f"{self.root} is not a training set (no readable manifest.json); build one with "
+                            f"`python -m vsrq.train.data build --out {self.root}`") from exc
         if man.get("format") != FORMAT:
-            raise ValueError(f"{self.root} is not a {FORMAT} dataset")
+            raise VsrqError(f"{self.root} is not a {FORMAT} dataset")
         self.manifest = man
         self.scale = int(man["scale"])
         if crop is not None and crop % self.scale:
@@ -781,16 +787,24 @@ def degrade_mild_encoded_mp4(hr: np.ndarray) -> tuple[np.ndarray, bytes]:
     return degrade_mild_encoded(hr, container="mp4")
 
 
-def load_eval_set(root: Path | str) -> list[EvalClip]:
-    """Read an eval set written by build_eval_set (LR decoded from the .mp4, HR from the lossless .mkv)."""
+def load_eval_set(root: Path | str, max_clips: int = 0, max_frames: int = 0) -> list[EvalClip]:
+    """Read an eval set written by build_eval_set (LR decoded from the .mp4, HR from the lossless .mkv);
+    optionally only the first `max_clips` clips and `max_frames` frames of each (0 = all)."""
     root = Path(root)
-    man = json.loads((root / "manifest.json").read_text())
+    try:
+        man = json.loads((root / "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise VsrqError(f"{root} is not an evaluation set (no readable manifest.json); build one with "
+                        f"`python -m vsrq.train.data eval --out {root}`") from exc
     if man.get("format") != EVAL_FORMAT:
-        raise ValueError(f"{root} is not a {EVAL_FORMAT} set")
+        raise VsrqError(f"{root} is not a {EVAL_FORMAT} set")
     clips = []
-    for it in man["clips"]:
+    for it in man["clips"][: max_clips or None]:
         lp, hp = root / it["lr"], root / it["hr"]
-        clips.append(EvalClip(it["name"], decode_clip(lp.read_bytes()), decode_clip(hp.read_bytes()), lp, hp, it["source"]))
+        lr, hr = decode_clip(lp.read_bytes()), decode_clip(hp.read_bytes())
+        if max_frames:
+            lr, hr = lr[:max_frames], hr[:max_frames]
+        clips.append(EvalClip(it["name"], lr, hr, lp, hp, it["source"]))
     return clips
 
 
