@@ -189,7 +189,8 @@ def format_report(r: dict) -> list[str]:
              f"{'DiT forward':<22}" + "".join(f"{p:>14}" for p in ps)]
     lines.append(f"{'  median ms':<22}" + "".join(f"{r['forward'][p]['ms']:>14.2f}" for p in ps))
     lines.append(f"{'  speed vs ' + base:<22}" + "".join(f"{r['forward'][base]['ms'] / r['forward'][p]['ms']:>13.2f}x" for p in ps))
-    lines.append(f"{'  peak memory MiB':<22}" + "".join(f"{r['forward'][p]['peak_bytes'] / 2**20:>14.1f}" for p in ps))
+    mem_label = "  peak GPU MiB" if not r["device"].startswith("cpu") else "  peak RSS MiB (proc)"
+    lines.append(f"{mem_label:<22}" + "".join(f"{r['forward'][p]['peak_bytes'] / 2**20:>14.1f}" for p in ps))
     lines.append(f"{'checkpoint MiB':<22}" + "".join(f"{r['size'][p] / 2**20:>14.3f}" for p in ps))
     lines.append(f"{'  size vs ' + base:<22}" + "".join(f"{r['size'][base] / r['size'][p]:>13.2f}x" for p in ps))
     if r["layers"]:

@@ -191,7 +191,9 @@ def quantize(
     arch = loaded.module.arch
     save_quantized(result.model, out, arch=arch, config=ARCHITECTURES[arch].config_of(loaded.module), precision=precision, report=rep)
     if report is not None:
-        report.write_text(json.dumps(rep, indent=2))
+        tmp = report.with_name(f".{report.name}.tmp")
+        tmp.write_text(json.dumps(rep, indent=2))
+        tmp.replace(report)
     if not quiet:
         typer.echo(f"{'layer':<24}{'group':>7}{'rank':>6}{'alpha':>7}{'had':>5}{'clip':>6}{'SQNR dB':>9}{'bits/w':>8}")
         for c in result.choices:
