@@ -470,6 +470,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sweep", action="store_true", help="time every GEMM config and act-quant launch shape")
     ap.add_argument("--quick", action="store_true", help="only the two main shapes")
+    ap.add_argument("--checks-only", action="store_true", help="run the correctness checks, no timing")
     ap.add_argument("--budget", type=float, default=480.0, help="seconds after which timing stops")
     ap.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for bench.log / bench.json")
     args = ap.parse_args()
@@ -489,6 +490,11 @@ def main() -> int:
             f"triton {triton.__version__}, date {time.strftime('%Y-%m-%d')}")
         ceilings()
     correctness(args.quick)
+    if args.checks_only:
+        fails = [r["check"] for r in RESULTS if "check" in r and not r["ok"]]
+        log(f"checks: {len(RESULTS) - len(fails)} ok, {len(fails)} failed {fails}")
+        (out / "bench.json").write_text(json.dumps(RESULTS, indent=1, default=str))
+        return 1 if fails else 0
     shapes = [(16384, 3072, 3072), (16384, 3072, 12288)]
     if not args.quick:
         shapes += [(16384, 12288, 3072), (4096, 3072, 3072), (16384, 3072, 9216)]

@@ -263,16 +263,30 @@ def train(
     seed: int = typer.Option(0, "--seed"),
     workers: int = typer.Option(4, "--workers"),
     export: Optional[Path] = typer.Option(None, "--export", help="Write the EMA weights here (fp16) when the slice ends."),
+    loss: str = typer.Option("{}", "--loss", help='Loss weights as JSON, e.g. {"temporal": 1.0} (pixel, frequency, temporal).'),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start a new run from this float checkpoint's weights (fine-tuning)."),
+    degradations: str = typer.Option("all", "--degradations", help="all | light: train only on the light-family LR variants."),
 ) -> None:
     """Train (a slice of) the VSR DiT; bf16 autocast on CUDA; resumable."""
     from vsrq.train.trainer import PackedPairs, TrainOptions, export_weights, train as run_training
 
     try:
         cfg = json.loads(config)
+        weights = json.loads(loss)
     except ValueError:
-        fail("--config must be JSON", 2)
-    opts = TrainOptions(run_dir=run, model=cfg, steps=steps, batch=batch, crop=crop, frames=frames, lr=lr, seed=seed, minutes=minutes, workers=workers)
-    summary = run_training(PackedPairs(data), opts, log=lambda line: typer.echo(line, err=True))
+        fail("--config and --loss must be JSON", 2)
+    from vsrq.train.losses import LossWeights
+
+    unknown = set(weights) - set(LossWeights.__dataclass_fields__) if isinstance(weights, dict) else {"(not an object)"}
+    if unknown:
+        fail(f"--loss: unknown weight(s) {sorted(unknown)}; known: pixel, frequency, temporal", 2)
+    if degradations not in ("all", "light"):
+        fail("--degradations must be all or light", 2)
+    if init is not None and not init.is_file():
+        fail(f"--init {init}: no such file", 2)
+    opts = TrainOptions(run_dir=run, model=cfg, steps=steps, batch=batch, crop=crop, frames=frames, lr=lr, seed=seed,
+                        minutes=minutes, workers=workers, loss=weights, init=str(init or ""))
+    summary = run_training(PackedPairs(data, degradations), opts, log=lambda line: typer.echo(line, err=True))
     typer.echo(json.dumps(summary))
     if export is not None:
         export_weights(run, export)

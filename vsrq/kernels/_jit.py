@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 
 @triton.jit
@@ -33,3 +34,17 @@ def cast16(x, dtype: tl.constexpr, INTERP: tl.constexpr):
             bits = bits & 0xFFFF0000
             return bits.to(tl.float32, bitcast=True).to(dtype)
     return x.to(dtype)
+
+
+@triton.jit
+def mul_rn(a, b, INTERP: tl.constexpr):
+    """a * b rounded to fp32 on its own (PTX mul.rn), never contracted into an FMA.
+
+    The kernels also launch with enable_fp_fusion=False; the explicit mul.rn keeps the
+    multiply-then-add of the quantizer (x * (1/s) + 0.5) separately rounded, as in torch,
+    whatever a compiler version does with that flag. The CPU interpreter never fuses, so
+    there a plain multiply is the same operation.
+    """
+    if INTERP:
+        return a * b
+    return libdevice.mul_rn(a, b)

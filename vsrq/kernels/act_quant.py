@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from vsrq.kernels._jit import cast16, dot16
+from vsrq.kernels._jit import cast16, dot16, mul_rn
 from vsrq.kernels._triton import capability, device_index, interpreting, next_pow2
 from vsrq.kernels.reference import ActQuantResult, hadamard_matrix, hadamard_scale
 from vsrq.quant.pack import check_clip_ratio
@@ -39,7 +39,7 @@ def _load_xhat(x_ptr, stride_xm, smooth_ptr, had_ptr, rm, m_mask, k0, K, had_sca
     xf = x.to(tl.float32)
     if HAS_SMOOTH:
         inv_sm = tl.load(smooth_ptr + rk, mask=k_mask, other=1.0)  # 1 / smooth, from the host
-        xf = xf * inv_sm[None, :]
+        xf = mul_rn(xf, tl.broadcast_to(inv_sm[None, :], xf.shape), INTERP)
     if HAD:
         # block-diagonal +-1 matrix of size BLOCK_K (kron(I, H_b)); exact in 16-bit
         h = tl.load(had_ptr + rb[:, None] * BLOCK_K + rb[None, :])
@@ -51,15 +51,15 @@ def _load_xhat(x_ptr, stride_xm, smooth_ptr, had_ptr, rm, m_mask, k0, K, had_sca
             xf = dot16(lo, h, dot16(hi, h, zero, INTERP), INTERP)
         else:
             xf = dot16(x.to(h.dtype), h, tl.zeros(xf.shape, dtype=tl.float32), INTERP)
-        xf = xf * had_scale
+        xf = mul_rn(xf, tl.zeros(xf.shape, dtype=tl.float32) + had_scale, INTERP)
     return xf, k_mask
 
 
 @triton.jit
-def _round_clamp(xf, inv_full, QMAX: tl.constexpr):
-    """q = clamp(floor(x * (1/s) + 0.5), -QMAX-1, QMAX); launched without fp contraction,
-    so the multiply and the add round separately, exactly as in torch."""
-    q = tl.floor(xf * inv_full + 0.5)
+def _round_clamp(xf, inv_full, QMAX: tl.constexpr, INTERP: tl.constexpr):
+    """q = clamp(floor(x * (1/s) + 0.5), -QMAX-1, QMAX); the multiply is an explicit mul.rn so
+    the multiply and the add round separately, exactly as in torch (no FMA)."""
+    q = tl.floor(mul_rn(xf, inv_full, INTERP) + 0.5)
     return tl.minimum(tl.maximum(q, -QMAX - 1.0), QMAX * 1.0)
 
 
@@ -120,7 +120,7 @@ def _act_quant_kernel(
         for k0 in range(0, K, BLOCK_K):
             xf, k_mask = _load_xhat(x_ptr, stride_xm, smooth_ptr, had_ptr, rm, m_mask, k0, K, had_scale,
                                     BLOCK_K, HAS_SMOOTH, HAD, HAD_SPLIT, INTERP)
-            q = _round_clamp(xf, inv_full, QMAX)
+            q = _round_clamp(xf, inv_full, QMAX, INTERP)
             tl.store(q_ptr + rm[:, None] * stride_qm + (k0 + rb)[None, :], q.to(tl.int8),
                      mask=m_mask[:, None] & k_mask[None, :])
             if WANT_ROWSUM:
@@ -145,7 +145,7 @@ def _act_quant_kernel(
                 col = k0 // GROUP + j
                 tl.store(s_ptr + rm * stride_sm + col, s_j, mask=m_mask & ((rm * 0 + col * GROUP) < K))
                 inv_full = tl.where(in_g, inv_j[:, None], inv_full)
-            q = _round_clamp(xf, inv_full, QMAX)
+            q = _round_clamp(xf, inv_full, QMAX, INTERP)
             tl.store(q_ptr + rm[:, None] * stride_qm + (k0 + rb)[None, :], q.to(tl.int8),
                      mask=m_mask[:, None] & k_mask[None, :])
             if WANT_ROWSUM:

@@ -510,8 +510,10 @@ def build_dataset(
         hr_bytes = encode_clip(hr, "rgb-crf", hr_crf)
         hr_stored = decode_clip(hr_bytes)  # degrade what the loader will return as HR
         lrs, params = [], []
-        for _ in range(lr_variants):
-            lr, p = degrade_random(hr_stored, crng, SCALE)
+        # One generator per variant, seeded up front: noise draws (Poisson's rejection sampler uses
+        # a data-dependent number of draws) must not shift the next variant's parameters.
+        for variant_seed in crng.integers(2**62, size=lr_variants):
+            lr, p = degrade_random(hr_stored, int(variant_seed), SCALE)
             lrs.append(encode_lossless(lr))
             params.append(p.to_dict())
         meta = {"source": f"{kind}:{name}", "kind": kind, "frames": int(hr.shape[0]), "hr_hw": [int(hr.shape[1]), int(hr.shape[2])], "seed": clip_seed, "lr": params, **info}

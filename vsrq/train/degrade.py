@@ -79,6 +79,18 @@ MILD = DegradeParams(blur="iso", sigma_x=0.6, sigma_y=0.6, down="bicubic", antia
 MILD_SHARE = 0.4
 
 
+def is_light(params: dict) -> bool:
+    """Whether recorded degradation parameters (DegradeParams.to_dict) lie in the light family's
+    ranges: isotropic blur sigma <= 1, antialiased bicubic, no or weak Gaussian noise, no codec or
+    H.264 at CRF <= 24. Used to fine-tune towards clean input, the common case for users."""
+    return (
+        params.get("blur") in ("iso", "none") and float(params.get("sigma_x", 0.0)) <= 1.0
+        and params.get("down") == "bicubic" and bool(params.get("antialias"))
+        and (params.get("noise") == "none" or (params.get("noise") == "gaussian" and float(params.get("noise_level", 0.0)) <= 3.0))
+        and (params.get("codec") == "none" or (params.get("codec") == "h264" and int(params.get("quality", 99)) <= 24))
+    )
+
+
 def sample_degrade_params(rng: np.random.Generator, scale: int = 4) -> DegradeParams:
     """Draw one clip's degradation; ranges are documented in docs/DATA.md.
 
@@ -212,6 +224,10 @@ def _add_noise(x: torch.Tensor, p: DegradeParams, rng: np.random.Generator) -> t
 # x265 is only bit-reproducible here with one thread and the fastest analysis presets: at
 # "veryfast" and slower, the same input and settings gave different streams run to run.
 _X265_PARAMS = "log-level=error:pools=none:frame-threads=1"
+# Macroblock-tree rate control off: with it, libx264 (PyAV 18.1's build) gave different bytes for
+# the same clip depending on what the process had encoded before (4 of 19 small clips in a test
+# build), which broke the bit-exact reproducibility of the training and evaluation sets.
+_X264_PARAMS = "mbtree=0"
 
 
 def encode_clip(clip: np.ndarray, codec: str, quality: int = 0, chroma: str = "420", fps: int = 25, container: str | None = None) -> bytes:
@@ -224,7 +240,7 @@ def encode_clip(clip: np.ndarray, codec: str, quality: int = 0, chroma: str = "4
     _check_clip(clip)
     t, h, w, _ = clip.shape
     if codec == "h264":
-        name, pix, fmt, opts = "libx264", "yuv420p", "h264", {"crf": str(quality), "preset": "medium", "threads": "1"}
+        name, pix, fmt, opts = "libx264", "yuv420p", "h264", {"crf": str(quality), "preset": "medium", "threads": "1", "x264-params": _X264_PARAMS}
     elif codec == "hevc":
         name, pix, fmt, opts = "libx265", "yuv420p", "hevc", {"crf": str(quality), "preset": "superfast", "x265-params": _X265_PARAMS}
     elif codec == "jpeg":
@@ -233,7 +249,7 @@ def encode_clip(clip: np.ndarray, codec: str, quality: int = 0, chroma: str = "4
     elif codec == "rgb-lossless":
         name, pix, fmt, opts = "libx264rgb", "rgb24", "h264", {"qp": "0", "preset": "medium", "threads": "1"}
     elif codec == "rgb-crf":
-        name, pix, fmt, opts = "libx264rgb", "rgb24", "h264", {"crf": str(quality), "preset": "medium", "threads": "1"}
+        name, pix, fmt, opts = "libx264rgb", "rgb24", "h264", {"crf": str(quality), "preset": "medium", "threads": "1", "x264-params": _X264_PARAMS}
     else:
         raise ValueError(f"unknown codec {codec!r}")
     if pix.endswith("420p") and (h % 2 or w % 2):

@@ -38,12 +38,12 @@ class LossWeights:
     temporal: float = 0.5
 
 
-def vsr_loss(pred: torch.Tensor, target: torch.Tensor, w: LossWeights = LossWeights()) -> tuple[torch.Tensor, dict[str, float]]:
-    """Weighted sum and its parts (as floats for logging)."""
+def vsr_loss(pred: torch.Tensor, target: torch.Tensor, w: LossWeights = LossWeights()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Weighted sum and its parts (detached 0-d tensors, so logging needs no device sync per step)."""
     parts = {
         "pixel": charbonnier(pred, target),
         "frequency": frequency_l1(pred, target),
         "temporal": temporal_l1(pred, target),
     }
     total = w.pixel * parts["pixel"] + w.frequency * parts["frequency"] + w.temporal * parts["temporal"]
-    return total, {k: float(v.detach()) for k, v in parts.items()}
+    return total, {k: v.detach() for k, v in parts.items()}

@@ -55,6 +55,7 @@ class TrainOptions:
     workers: int = 4
     device: str = "auto"
     loss: dict = field(default_factory=dict)
+    init: str = ""  # checkpoint whose weights start a new run (fine-tuning); ignored when resuming
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -65,11 +66,17 @@ class TrainOptions:
 class PackedPairs:
     """A packed training set (vsrq.train.data) as LR/HR pairs: every clip in each of its LR variants."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, degradations: str = "all") -> None:
         from vsrq.train.data import ClipDataset
+        from vsrq.train.degrade import is_light
 
+        if degradations not in ("all", "light"):
+            raise ValueError(f"degradations must be 'all' or 'light', got {degradations!r}")
         self.clips = ClipDataset(root, crop=None, augment=False, cache=True)
-        self.index = [(i, j) for i in range(len(self.clips)) for j in range(self.clips.num_variants(i))]
+        self.index = [(i, j) for i in range(len(self.clips)) for j in range(self.clips.num_variants(i))
+                      if degradations == "all" or is_light(self.clips.meta[i]["lr"][j])]
+        if not self.index:
+            raise ValueError(f"{root} has no pairs with {degradations} degradations")
 
     def __len__(self) -> int:
         return len(self.index)
@@ -164,6 +171,17 @@ def load_state(run_dir: Path, model: VSRDiT, ema: VSRDiT, opt: torch.optim.Optim
     return step
 
 
+def init_weights(model: VSRDiT, path: Path) -> None:
+    """Copy a float checkpoint's weights into `model` (same config required), for fine-tuning."""
+    from vsrq.models.loader import read_checkpoint
+
+    tensors, meta = read_checkpoint(path)
+    config = json.loads(meta.get("vsrq.config", "null") or "null")
+    if config is not None and DiTConfig.from_dict(config) != model.config:
+        raise ValueError(f"{path}: its config differs from the run's model config")
+    model.load_state_dict({k: v.float() for k, v in tensors.items()})
+
+
 def train(store: PairStore, o: TrainOptions, log=print) -> dict:
     """Train until `o.steps` or `o.minutes` run out, whichever first; returns a summary."""
     started = time.perf_counter()
@@ -176,6 +194,9 @@ def train(store: PairStore, o: TrainOptions, log=print) -> dict:
     ema.load_state_dict(model.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(0.9, 0.99), weight_decay=0.0)
     step = load_state(o.run_dir, model, ema, opt)
+    if step == 0 and o.init:
+        init_weights(model, Path(o.init))
+        ema.load_state_dict(model.state_dict())
     start_step = step
     weights = LossWeights(**o.loss)
     loader = DataLoader(
@@ -188,8 +209,9 @@ def train(store: PairStore, o: TrainOptions, log=print) -> dict:
     amp = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     logf = open(o.run_dir / "log.jsonl", "a")
     last_save = time.perf_counter()
-    running: dict[str, float] = {}
+    running: dict[str, torch.Tensor] = {}
     counted = 0
+    ema_params, model_params = list(ema.parameters()), list(model.parameters())
     model.train()
     try:
         for lr_clip, hr_clip in loader:
@@ -206,15 +228,14 @@ def train(store: PairStore, o: TrainOptions, log=print) -> dict:
             opt.step()
             with torch.no_grad():
                 decay = min(o.ema, (1 + step) / (10 + step))
-                for pe, pm in zip(ema.parameters(), model.parameters()):
-                    pe.lerp_(pm, 1 - decay)
+                torch._foreach_lerp_(ema_params, model_params, 1 - decay)
             step += 1
-            for k, v in {"loss": float(loss.detach()), **parts}.items():
-                running[k] = running.get(k, 0.0) + v
+            for k, v in {"loss": loss.detach(), **parts}.items():
+                running[k] = running[k] + v if k in running else v.clone()
             counted += 1
             if step % o.log_every == 0:
                 rec = {"step": step, "lr": lr_at(step, o), "elapsed_s": round(time.perf_counter() - started, 1),
-                       **{k: v / counted for k, v in running.items()}}
+                       **{k: float(v) / counted for k, v in running.items()}}
                 running, counted = {}, 0
                 logf.write(json.dumps(rec) + "\n")
                 logf.flush()
