@@ -39,10 +39,46 @@ def test_batch_elements_are_independent():
 def test_window_geometry_covers_grid():
     for grid in [(1, 5, 7), (8, 16, 16), (3, 9, 4)]:
         for shifted in (False, True):
-            win, before, after = _window_geometry(grid, (4, 8, 8), shifted)
-            for n, w, b, a in zip(grid, win, before, after):
-                assert w <= n and 0 <= b < w and 0 <= a < w
-                assert (n + b + a) % w == 0
+            win, shift, after = _window_geometry(grid, (4, 8, 8), shifted)
+            for n, w, s, a in zip(grid, win, shift, after):
+                assert w <= n and 0 <= s < w and 0 <= a < w
+                assert (n + a) % w == 0 and (s == 0 or (shifted and s == w // 2))
+
+
+def _dense_window_attention(attn: WindowAttention, x: torch.Tensor, window, shifted: bool) -> torch.Tensor:
+    """Reference: every token attends to the tokens of its window, the windows laid out as if half a
+    window of padding came before the grid (the definition the cyclic shift must reproduce)."""
+    from vsrq.models.dit import apply_rope, rope_3d
+
+    b, t, h, w, c = x.shape
+    heads, hd = attn.heads, c // attn.heads
+    group = []
+    for axis, n in enumerate((t, h, w)):
+        win = min(window[axis], n)
+        s = win // 2 if shifted and n > win else 0
+        shape = [1, 1, 1]
+        shape[axis] = n
+        group.append(((torch.arange(n) + s) // win).view(shape).expand(t, h, w).reshape(-1))
+    same = (group[0][:, None] == group[0][None]) & (group[1][:, None] == group[1][None]) & (group[2][:, None] == group[2][None])
+    cos, sin = rope_3d((t, h, w), hd, 10000.0, x.device)
+    q, k, v = attn.qkv(x.reshape(b, -1, c)).view(b, -1, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=same)
+    return attn.proj(out.transpose(1, 2).reshape(b, t, h, w, c))
+
+
+@pytest.mark.parametrize("grid", [(3, 9, 7), (4, 8, 8), (2, 5, 12), (1, 3, 3)])
+@pytest.mark.parametrize("shifted", [False, True])
+def test_window_attention_matches_dense_reference(grid, shifted):
+    """Cyclic shift + seam/padding masks give the same attention as explicit windows over the grid."""
+    torch.manual_seed(1)
+    attn = WindowAttention(24, 2)
+    x = torch.randn(2, *grid, 24)
+    layout = WindowLayout.make(grid, (2, 4, 4), shifted, 12, 10000.0, x.device)
+    with torch.no_grad():
+        got = layout.merge(attn(layout.partition(x), layout))
+        want = _dense_window_attention(attn, x, (2, 4, 4), shifted)
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
 
 
 def test_shifted_blocks_mix_across_windows():
@@ -64,7 +100,7 @@ def test_padded_keys_are_masked():
     x = torch.randn(1, 1, 4, 5, 24)
     full_layout = WindowLayout.make((1, 4, 5), (1, 4, 4), False, 12, 10000.0, x.device)
     col_layout = WindowLayout.make((1, 4, 1), (1, 4, 4), False, 12, 10000.0, x.device)
-    assert full_layout.mask is not None and col_layout.mask is None
+    assert full_layout.mask is not None and col_layout.mask is None and full_layout.masked.tolist() == [1]
     with torch.no_grad():
         # with 4x4 windows the last column sits alone in a window padded with 3 empty columns
         full = full_layout.merge(attn(full_layout.partition(x), full_layout))

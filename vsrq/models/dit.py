@@ -6,9 +6,9 @@ forward pass (one fixed diffusion step, so the timestep only enters through adaL
     LR clip -> 3D patches -> tokens -> N x [adaLN, 3D window attention with 3D RoPE, adaLN, MLP]
             -> adaLN head -> pixel-shuffle -> + upsampled LR (residual)
 
-Windows shift by half a window in every other block (Swin-style), so information crosses window
-borders. The token grid is padded to whole windows and padded keys are masked, which makes the
-result independent of how much padding a tile needed. All dense layers are `nn.Linear` so the
+Windows shift by half a window in every other block (Swin-style cyclic shift), so information
+crosses window borders. The token grid is padded to whole windows; padded keys and the roll's seam
+are masked, which makes the result independent of how much padding a tile needed. All dense layers are `nn.Linear` so the
 quantization engine can swap them for low-bit modules without the model knowing.
 """
 
@@ -105,16 +105,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 def _window_geometry(grid: Triple, window: Triple, shifted: bool) -> tuple[Triple, Triple, Triple]:
-    """Per axis: effective window, padding before (the shift) and padding after (to whole windows)."""
-    win, before, after = [], [], []
+    """Per axis: effective window, cyclic shift (half a window in shifted blocks) and padding after
+    the grid to whole windows."""
+    win, shift, after = [], [], []
     for n, w in zip(grid, window):
         w = min(w, n)
-        b = w // 2 if shifted and n > w else 0
-        a = (-(n + b)) % w
         win.append(w)
-        before.append(b)
-        after.append(a)
-    return tuple(win), tuple(before), tuple(after)  # type: ignore[return-value]
+        shift.append(w // 2 if shifted and n > w else 0)
+        after.append((-n) % w)
+    return tuple(win), tuple(shift), tuple(after)  # type: ignore[return-value]
 
 
 def _to_windows(x: torch.Tensor, win: Triple) -> torch.Tensor:
@@ -133,52 +132,86 @@ def _from_windows(x: torch.Tensor, win: Triple, padded: Triple, batch: int) -> t
     return x.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(batch, t, h, w, c)
 
 
+def _roll(x: torch.Tensor, shift: Triple, sign: int) -> torch.Tensor:
+    """Cyclic shift of the (T, H, W) axes of a (B, T, H, W, C) grid by sign * shift."""
+    if not any(shift):
+        return x
+    return torch.roll(x, shifts=tuple(sign * s for s in shift), dims=(1, 2, 3))
+
+
 @dataclass(frozen=True)
 class WindowLayout:
-    """How the token grid is cut into windows for one block: geometry, RoPE tables and key mask in window order."""
+    """How the token grid is cut into windows for one block (Swin-style cyclic shift + masks).
+
+    The grid is padded after its end to whole windows and, in shifted blocks, rolled back by half a
+    window, so every block attends over the same number of tokens. Attention may not cross the
+    seam the roll creates (tokens from the grid's start and end share the last window) nor reach
+    padding; only windows on the last row of an axis can contain either, so only those get a mask
+    (`masked` = their indices, `mask` (len(masked), 1, L, L) True = may attend) and the others run
+    unmasked. The windows are the same token groups as padding half a window before the grid, and
+    RoPE tables are rolled with the tokens, so relative positions inside a window are unchanged.
+    """
 
     grid: Triple
     win: Triple
-    before: Triple
+    shift: Triple
     after: Triple
     cos: torch.Tensor  # (nW, 1, L, head_dim)
     sin: torch.Tensor
-    mask: torch.Tensor | None  # (nW, 1, 1, L) True = real token, None when nothing is padded
+    masked: torch.Tensor | None  # (nM,) indices of windows that need a mask, None when none does
+    mask: torch.Tensor | None  # (nM, 1, L, L)
 
     @property
     def padded(self) -> Triple:
-        return tuple(g + b + a for g, b, a in zip(self.grid, self.before, self.after))  # type: ignore[return-value]
+        return tuple(g + a for g, a in zip(self.grid, self.after))  # type: ignore[return-value]
 
     @classmethod
     def make(cls, grid: Triple, window: Triple, shifted: bool, head_dim: int, theta: float, device: torch.device) -> "WindowLayout":
-        win, before, after = _window_geometry(grid, window, shifted)
-        padded = tuple(g + b + a for g, b, a in zip(grid, before, after))
-        cos, sin = rope_3d(padded, head_dim, theta, device)  # relative positions are what matter
-        cos = _to_windows(cos.view(1, *padded, head_dim), win).unsqueeze(1)
-        sin = _to_windows(sin.view(1, *padded, head_dim), win).unsqueeze(1)
-        mask = None
-        if any(before) or any(after):
-            valid = torch.zeros(1, *padded, 1, dtype=torch.bool, device=device)
-            valid[:, before[0]:before[0] + grid[0], before[1]:before[1] + grid[1], before[2]:before[2] + grid[2]] = True
-            mask = _to_windows(valid, win).view(-1, 1, 1, cos.shape[2])
-        return cls(grid, win, before, after, cos, sin, mask)
+        win, shift, after = _window_geometry(grid, window, shifted)
+        padded = tuple(g + a for g, a in zip(grid, after))
+        cos, sin = rope_3d(padded, head_dim, theta, device)
+        cos = _to_windows(_roll(cos.view(1, *padded, head_dim), shift, -1), win).unsqueeze(1)
+        sin = _to_windows(_roll(sin.view(1, *padded, head_dim), shift, -1), win).unsqueeze(1)
+        masked = mask = None
+        if any(shift) or any(after):
+            # Per token, in rolled window order: a region code (which side of each roll seam the
+            # token came from) and whether it is a real token.
+            axes = []
+            for axis, (n, p, s) in enumerate(zip(grid, padded, shift)):
+                orig = (torch.arange(p, device=device) + s) % p
+                shape = [1, 1, 1]
+                shape[axis] = p
+                axes.append((((orig < s).long() << axis).view(shape), (orig < n).view(shape)))
+            region = (axes[0][0] + axes[1][0] + axes[2][0]).expand(*padded)
+            valid = (axes[0][1] & axes[1][1] & axes[2][1]).expand(*padded)
+            region = _to_windows(region.reshape(1, *padded, 1), win)[..., 0]  # (nW, L)
+            valid = _to_windows(valid.reshape(1, *padded, 1), win)[..., 0]
+            needs = (region != region[:, :1]).any(dim=1) | ~valid.all(dim=1)
+            masked = needs.nonzero().flatten()
+            r, v = region[masked], valid[masked]
+            # padded queries may attend within their region too: their rows stay finite (they are
+            # dropped at merge), real queries never see padding or the other side of a seam
+            mask = ((r[:, :, None] == r[:, None, :]) & (v[:, None, :] | ~v[:, :, None])).unsqueeze(1)
+        return cls(grid, win, shift, after, cos, sin, masked, mask)
 
     def partition(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, H, W, C) grid -> (B, nW, L, C) windows (zero tokens where padded)."""
         b, c = x.shape[0], x.shape[-1]
-        if any(self.before) or any(self.after):
-            pad = (0, 0, self.before[2], self.after[2], self.before[1], self.after[1], self.before[0], self.after[0])
-            x = F.pad(x, pad)
-        return _to_windows(x, self.win).view(b, -1, self.cos.shape[2], c)
+        if any(self.after):
+            x = F.pad(x, (0, 0, 0, self.after[2], 0, self.after[1], 0, self.after[0]))
+        return _to_windows(_roll(x, self.shift, -1), self.win).view(b, -1, self.cos.shape[2], c)
 
     def merge(self, x: torch.Tensor) -> torch.Tensor:
         """(B, nW, L, C) windows -> (B, T, H, W, C) grid, padding dropped."""
         b, c = x.shape[0], x.shape[-1]
-        x = _from_windows(x.reshape(-1, x.shape[2], c), self.win, self.padded, b)
-        (t0, h0, w0), (t, h, w) = self.before, self.grid
-        if any(self.before) or any(self.after):
-            x = x[:, t0:t0 + t, h0:h0 + h, w0:w0 + w]
+        x = _roll(_from_windows(x.reshape(-1, x.shape[2], c), self.win, self.padded, b), self.shift, 1)
+        t, h, w = self.grid
+        if any(self.after):
+            x = x[:, :t, :h, :w]
         return x
+
+    def with_dtype(self, dtype: torch.dtype) -> "WindowLayout":
+        return WindowLayout(self.grid, self.win, self.shift, self.after, self.cos.to(dtype), self.sin.to(dtype), self.masked, self.mask)
 
 
 class WindowAttention(nn.Module):
@@ -200,9 +233,29 @@ class WindowAttention(nn.Module):
         q = apply_rope(q, layout.cos, layout.sin).view(b * nw, self.heads, length, hd)
         k = apply_rope(k, layout.cos, layout.sin).view(b * nw, self.heads, length, hd)
         v = v.reshape(b * nw, self.heads, length, hd)
-        mask = layout.mask if layout.mask is None or b == 1 else layout.mask.repeat(b, 1, 1, 1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if layout.masked is None:
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            out = self._masked_attention(q, k, v, b, layout)
         return self.proj(out.view(b, nw, self.heads, length, hd).transpose(2, 3).reshape(b, nw, length, c))
+
+    @staticmethod
+    def _masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b: int, layout: WindowLayout) -> torch.Tensor:
+        """Unmasked SDPA for most windows, masked SDPA only for the seam/padding windows."""
+        nw = q.shape[0] // b
+        masked = layout.masked
+        if masked.numel() == nw:
+            mask = layout.mask if b == 1 else layout.mask.repeat(b, 1, 1, 1)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        plain = torch.ones(nw, dtype=torch.bool, device=q.device)
+        plain[masked] = False
+        plain = plain.nonzero().flatten()
+        split = lambda t, idx: t.view(b, nw, *t.shape[1:])[:, idx].reshape(-1, *t.shape[1:])  # noqa: E731
+        out = torch.empty_like(q).view(b, nw, *q.shape[1:])
+        out[:, plain] = F.scaled_dot_product_attention(split(q, plain), split(k, plain), split(v, plain)).view(b, -1, *q.shape[1:])
+        mask = layout.mask if b == 1 else layout.mask.repeat(b, 1, 1, 1)
+        out[:, masked] = F.scaled_dot_product_attention(split(q, masked), split(k, masked), split(v, masked), attn_mask=mask).view(b, -1, *q.shape[1:])
+        return out.view_as(q)
 
 
 class Mlp(nn.Module):
@@ -303,7 +356,7 @@ class VSRDiT(nn.Module):
 
         cond = self.t_embed(timestep_embedding(self.timestep.expand(b), 256).to(hidden.dtype))
         layouts = [WindowLayout.make(grid, c.window, shifted, c.head_dim, c.rope_theta, x.device) for shifted in (False, True)]
-        layouts = [WindowLayout(lay.grid, lay.win, lay.before, lay.after, lay.cos.to(hidden.dtype), lay.sin.to(hidden.dtype), lay.mask) for lay in layouts]
+        layouts = [lay.with_dtype(hidden.dtype) for lay in layouts]
         for i, blk in enumerate(self.blocks):
             layout = layouts[i % 2]
             hidden = layout.merge(blk(layout.partition(hidden), cond, layout))
