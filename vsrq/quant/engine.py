@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import replace
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -29,6 +30,7 @@ class QuantResult:
     calib_seconds: float
     quant_seconds: float
     refine: dict | None = None  # [refine] summary of vsrq.quant.refine.refine_model, when it ran
+    mixed: dict = field(default_factory=dict)  # mixed-precision plan, when the recipe asks for one
 
     def report(self, recipe: Recipe) -> dict:
         """What goes into the checkpoint metadata and --report: recipe, per-layer choices, calibration summary."""
@@ -44,6 +46,7 @@ class QuantResult:
             "bits_per_weight": bpw,
             "min_sqnr_db": min((c.sqnr_db for c in self.choices), default=float("nan")),
             **({"refine": self.refine} if self.refine is not None else {}),  # [refine]
+            **({"mixed": self.mixed} if self.mixed else {}),
         }
 
 
@@ -59,16 +62,37 @@ def quantize_model(
     # [refine] gradient refinement needs the FP model and re-reads the clips after calibration
     refining = bool(recipe.refine) or recipe.bias_align == "learn"
     fp_model = copy.deepcopy(model) if refining else None
-    clips = list(clips) if refining else clips
+    clips = list(clips) if refining or recipe.mixed_budget else clips
     names = target_layers(model, recipe.keep)
     stats, calib_s = calibrate(model, names, clips, recipe.calib_tokens, recipe.seed)
     started = time.perf_counter()
     linears = {n: model.get_submodule(n) for n in names}
     groups = search_granularity(linears, stats, recipe) if recipe.granularity_search else {n: recipe.group_size for n in names}
     ranks = allocate_ranks(names, stats, recipe, linears)
+    made: dict[str, tuple] = {}
+    promoted: set[str] = set()
+    mixed: dict = {}
+    if recipe.mixed_budget:
+        from vsrq.quant.mixed import plan_mixed_precision
+
+        high_recipe = replace(recipe, w_bits=recipe.mixed_bits, a_bits=recipe.mixed_bits, mixed_budget=0.0)
+
+        def make(r: Recipe, tag: str):
+            def one(n: str):
+                made[(n, tag)] = quantize_layer(linears[n], stats[n], r, group_size=groups[n], rank=ranks[n])
+                return made[(n, tag)][0], made[(n, tag)][1].bits_per_weight
+            return one
+
+        promoted, sens = plan_mixed_precision(model, names, make(recipe, "low"), make(high_recipe, "high"), clips[0], recipe.mixed_budget)
+        mixed = {"budget": recipe.mixed_budget, "bits": recipe.mixed_bits, "promoted": sorted(promoted),
+                 "sensitivity": [{"name": s.name, "err_low": s.err_low, "err_high": s.err_high} for s in sens]}
     choices = []
     for i, name in enumerate(names):
-        q, choice = quantize_layer(linears[name], stats[name], recipe, group_size=groups[name], rank=ranks[name])
+        tag = "high" if name in promoted else "low"
+        if (name, tag) in made:
+            q, choice = made[(name, tag)]
+        else:
+            q, choice = quantize_layer(linears[name], stats[name], recipe, group_size=groups[name], rank=ranks[name])
         set_module(model, name, q)
         choices.append(choice)
         if progress is not None:
@@ -84,4 +108,4 @@ def quantize_model(
     # [refine] end
     for st in stats.values():
         st.samples.clear()  # the samples were for fitting; the summary stays
-    return QuantResult(model, choices, stats, calib_s, time.perf_counter() - started, refine_summary)  # [refine]
+    return QuantResult(model, choices, stats, calib_s, time.perf_counter() - started, refine_summary, mixed)  # [refine]

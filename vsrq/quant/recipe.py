@@ -46,6 +46,10 @@ class Recipe:
     refine: str | None = None  # None | "qao" (LSGQuant) | "joint" (QuantVSR) | "lbq" (PassionSR boundaries)
     refine_steps: int = 0
     refine_layers: float = 1.0  # VOLTS: fraction of layers (by calibration variance) that are refined
+    # Mixed precision (MPQ): promote the layers whose measured effect on the model output per extra
+    # bit is largest to W{mixed_bits}A{mixed_bits} while the average bits/weight stay <= mixed_budget
+    mixed_budget: float = 0.0  # 0 = off
+    mixed_bits: int = 8
     keep: tuple[str, ...] = DEFAULT_KEEP  # name fragments of layers left in 16-bit
     calib_tokens: int = 4096  # tokens sampled per layer and calibration clip
     seed: int = 0
@@ -65,6 +69,8 @@ class Recipe:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise VsrqError(f"recipe {self.name!r}: {key} must be one of {allowed}, got {getattr(self, key)!r}")
+        if self.mixed_budget and not (self.w_bits < self.mixed_bits <= 8 and self.mixed_budget > self.w_bits):
+            raise VsrqError(f"recipe {self.name!r}: mixed precision needs w_bits < mixed_bits <= 8 and mixed_budget > w_bits")
         if self.rank < 0 or self.refine_steps < 0 or not 0 < self.refine_layers <= 1:
             raise VsrqError(f"recipe {self.name!r}: rank and refine_steps must be >= 0, refine_layers in (0, 1]")
 
@@ -103,6 +109,7 @@ def _presets() -> dict[str, Recipe]:
         "lbq": replace(base, name="lbq", refine="lbq", refine_steps=200),
         # Combinations measured in docs/QUANT.md: every component that helped alone, without and
         # with a (small) low-rank branch, whose bits count heavily on narrow layers.
+        "mpq": replace(base, name="mpq", mixed_budget=4.5),
         "combo": replace(base, name="combo", smooth="search", rotate=True, act_clip="draq", bias_align="mean"),
         "combo-lr": replace(base, name="combo-lr", smooth="search", rotate=True, act_clip="draq", bias_align="learn",
                             rank=8, rank_alloc="stca", refine="joint", refine_steps=200),
