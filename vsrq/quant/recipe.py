@@ -111,6 +111,8 @@ def _presets() -> dict[str, Recipe]:
         # with a (small) low-rank branch, whose bits count heavily on narrow layers.
         "mpq": replace(base, name="mpq", mixed_budget=4.5),
         "combo": replace(base, name="combo", smooth="search", rotate=True, act_clip="draq", bias_align="mean"),
+        "combo-mpq": replace(base, name="combo-mpq", smooth="search", rotate=True, act_clip="draq", bias_align="mean",
+                             mixed_budget=4.6),
         "combo-lr": replace(base, name="combo-lr", smooth="search", rotate=True, act_clip="draq", bias_align="learn",
                             rank=8, rank_alloc="stca", refine="joint", refine_steps=200),
     }
