@@ -103,7 +103,7 @@ def ceilings() -> None:
     src = torch.randn(256 * 1024 * 1024, device=DEV, dtype=torch.float32)  # 1 GiB
     dst = torch.empty_like(src)
     t = bench(lambda: dst.copy_(src))
-    log(f"ceiling: device copy {2 * src.numel() * 4 / t / 1e9:.0f} GB/s (read+write, {t:.3f} ms)")
+    log(f"ceiling: device copy {2 * src.numel() * 4 / t / 1e6:.0f} GB/s (read+write, {t:.3f} ms)")
 
 
 # ----------------------------------------------------------------------------- correctness
@@ -461,7 +461,7 @@ def act_sweep(m: int, k: int) -> None:
                         log(f"CHECK FAIL act-quant config {cfg}: q differs from the default config's")
                         continue
                     t = bench(lambda: act_quant(x, 4, smooth=sm, lora_down=ld, config=cfg), rep=50)
-                    log(f"  act {bm:3d}x{bk:3d} w{nw}: {t:.4f} ms ({(m * k * 3) / t / 1e9:.0f} GB/s; floor@3TB/s {floor_ms:.4f})")
+                    log(f"  act {bm:3d}x{bk:3d} w{nw}: {t:.4f} ms ({(m * k * 3) / t / 1e6:.0f} GB/s; floor@3TB/s {floor_ms:.4f})")
                 except Exception as e:
                     log(f"  act {cfg} failed: {e}")
 
