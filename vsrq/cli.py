@@ -280,8 +280,8 @@ def train(
     unknown = set(weights) - set(LossWeights.__dataclass_fields__) if isinstance(weights, dict) else {"(not an object)"}
     if unknown:
         fail(f"--loss: unknown weight(s) {sorted(unknown)}; known: pixel, frequency, temporal", 2)
-    if degradations not in ("all", "light"):
-        fail("--degradations must be all or light", 2)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in weights.values()):
+        fail("--loss: weights must be non-negative numbers", 2)
     if init is not None and not init.is_file():
         fail(f"--init {init}: no such file", 2)
     opts = TrainOptions(run_dir=run, model=cfg, steps=steps, batch=batch, crop=crop, frames=frames, lr=lr, seed=seed,

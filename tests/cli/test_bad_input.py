@@ -102,3 +102,12 @@ def test_train_and_eval_on_missing_data_say_how_to_build_it(tmp_path):
     assert_clean_failure(result, "python -m vsrq.train.data build", tmp_path)
     result = run("eval", "--eval", str(tmp_path / "noeval"))
     assert_clean_failure(result, "python -m vsrq.train.data eval", tmp_path)
+
+
+def test_train_rejects_bad_loss_weights_and_missing_init(tmp_path):
+    data = str(tmp_path / "nodata")
+    for loss, match in [('{"temporal": "x"}', "non-negative numbers"), ('{"tv": 1}', "unknown weight"), ("[1]", "unknown weight"), ("{", "JSON")]:
+        result = run("train", "--data", data, "--run", str(tmp_path / "run"), "--loss", loss)
+        assert_clean_failure(result, match, tmp_path)
+    result = run("train", "--data", data, "--run", str(tmp_path / "run"), "--init", str(tmp_path / "nope.safetensors"))
+    assert_clean_failure(result, "no such file", tmp_path)

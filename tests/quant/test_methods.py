@@ -118,3 +118,14 @@ def test_draq_clip_lowers_error_on_heavy_tailed_tokens():
     q, choice = quantize_layer(lin, st, PRESETS["draq"], group_size=None, rank=0)
     assert choice.act_clip < 1.0
     assert layer_error(lin, q, heavy)[0] < mse_of(PRESETS["rtn"], lin, st)
+
+
+def test_div_by_int_is_a_true_division():
+    """Activation scales must equal the kernels' IEEE division, not a multiply by a rounded 1/d."""
+    from vsrq.quant.pack import div_by_int
+
+    x = torch.linspace(0.01, 50.0, 20001, dtype=torch.float32)
+    for d in (7, 127, 3):
+        exact = (x.double() / d).float()
+        assert torch.equal(div_by_int(x, d), exact)
+    assert not torch.equal(x * (1.0 / 7), (x.double() / 7).float())  # the shortcut is really different

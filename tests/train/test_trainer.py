@@ -76,3 +76,43 @@ def test_export_gives_a_loadable_checkpoint(tmp_path):
     export_weights(tmp_path / "run", out)
     loaded = load_model(str(out))
     assert loaded.precision == "fp16" and loaded.scale == 2
+
+
+def test_init_weights_starts_from_a_float_checkpoint_and_refuses_others(tmp_path):
+    import pytest
+
+    from tests.support import random_checkpoint
+    from vsrq.errors import VsrqError
+    from vsrq.models.dit import DiTConfig, VSRDiT
+    from vsrq.train.trainer import init_weights
+
+    train(ToyStore(), opts(tmp_path, 2), log=lambda s: None)
+    out = tmp_path / "m.safetensors"
+    export_weights(tmp_path / "run", out)
+    model = VSRDiT(DiTConfig.from_dict(MODEL))
+    init_weights(model, out)
+    ref = load_model(str(out)).module
+    assert all(torch.equal(v.float(), ref.state_dict()[k].float()) for k, v in model.state_dict().items())
+    # a run started with init begins from those weights (its step-0 state is them)
+    run2 = opts(tmp_path / "ft", 1, init=str(out), lr=0.0)
+    train(ToyStore(), run2, log=lambda s: None)
+    export_weights(run2.run_dir, tmp_path / "ft.safetensors")
+    ft = load_model(str(tmp_path / "ft.safetensors")).module
+    assert all(torch.equal(v, ref.state_dict()[k]) for k, v in ft.state_dict().items())
+    with pytest.raises(VsrqError, match="differs"):
+        init_weights(VSRDiT(DiTConfig(dim=48, depth=1, heads=2, window=(2, 4, 4), scale=2)), out)
+    other = random_checkpoint(tmp_path / "other.safetensors")
+    with pytest.raises(VsrqError, match="differs"):
+        init_weights(VSRDiT(DiTConfig.from_dict(MODEL)), other)
+
+
+def test_light_family_draws_are_recognised_and_heavy_ones_mostly_not(monkeypatch):
+    import importlib
+
+    degrade = importlib.import_module("vsrq.train.degrade")  # the module (the package re-exports a function of that name)
+    rng = np.random.default_rng(0)
+    monkeypatch.setattr(degrade, "MILD_SHARE", 1.0)
+    assert all(degrade.is_light(degrade.sample_degrade_params(rng).to_dict()) for _ in range(200))
+    monkeypatch.setattr(degrade, "MILD_SHARE", 0.0)
+    heavy = [degrade.is_light(degrade.sample_degrade_params(rng).to_dict()) for _ in range(500)]
+    assert sum(heavy) < 25  # the heavy mix overlaps the light ranges only by chance

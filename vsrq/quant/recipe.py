@@ -107,9 +107,9 @@ def _presets() -> dict[str, Recipe]:
         "qao": replace(base, name="qao", smooth="search", rank=16, refine="qao", refine_steps=200, refine_layers=0.5),
         "joint": replace(base, name="joint", smooth="search", rank=16, bias_align="learn", refine="joint", refine_steps=200),
         "lbq": replace(base, name="lbq", refine="lbq", refine_steps=200),
+        "mpq": replace(base, name="mpq", mixed_budget=4.5),
         # Combinations measured in docs/QUANT.md: every component that helped alone, without and
         # with a (small) low-rank branch, whose bits count heavily on narrow layers.
-        "mpq": replace(base, name="mpq", mixed_budget=4.5),
         "combo": replace(base, name="combo", smooth="search", rotate=True, act_clip="draq", bias_align="mean"),
         "combo-mpq": replace(base, name="combo-mpq", smooth="search", rotate=True, act_clip="draq", bias_align="mean",
                              mixed_budget=4.6),

@@ -77,6 +77,10 @@ MILD = DegradeParams(blur="iso", sigma_x=0.6, sigma_y=0.6, down="bicubic", antia
 
 
 MILD_SHARE = 0.4
+# The light family's ranges (sample_degrade_params draws from them, is_light recognises them).
+LIGHT_SIGMA = (0.3, 1.0)
+LIGHT_NOISE_MAX = 3.0
+LIGHT_CRF = (14, 24)
 
 
 def is_light(params: dict) -> bool:
@@ -84,10 +88,11 @@ def is_light(params: dict) -> bool:
     ranges: isotropic blur sigma <= 1, antialiased bicubic, no or weak Gaussian noise, no codec or
     H.264 at CRF <= 24. Used to fine-tune towards clean input, the common case for users."""
     return (
-        params.get("blur") in ("iso", "none") and float(params.get("sigma_x", 0.0)) <= 1.0
+        params.get("blur") in ("iso", "none") and float(params.get("sigma_x", 0.0)) <= LIGHT_SIGMA[1]
         and params.get("down") == "bicubic" and bool(params.get("antialias"))
-        and (params.get("noise") == "none" or (params.get("noise") == "gaussian" and float(params.get("noise_level", 0.0)) <= 3.0))
-        and (params.get("codec") == "none" or (params.get("codec") == "h264" and int(params.get("quality", 99)) <= 24))
+        and (params.get("noise") == "none"
+             or (params.get("noise") == "gaussian" and float(params.get("noise_level", 0.0)) <= LIGHT_NOISE_MAX))
+        and (params.get("codec") == "none" or (params.get("codec") == "h264" and int(params.get("quality", 99)) <= LIGHT_CRF[1]))
     )
 
 
@@ -99,10 +104,10 @@ def sample_degrade_params(rng: np.random.Generator, scale: int = 4) -> DegradePa
     for users and the evaluation setting, is not out of distribution; the rest is the heavy
     real-world mix."""
     if rng.random() < MILD_SHARE:
-        s = float(rng.uniform(0.3, 1.0))
-        noise, level = ("gaussian", float(rng.uniform(0.5, 3.0))) if rng.random() < 0.3 else ("none", 0.0)
+        s = float(rng.uniform(*LIGHT_SIGMA))
+        noise, level = ("gaussian", float(rng.uniform(0.5, LIGHT_NOISE_MAX))) if rng.random() < 0.3 else ("none", 0.0)
         codec = "h264" if rng.random() < 0.8 else "none"
-        q = int(rng.integers(14, 25)) if codec == "h264" else 0
+        q = int(rng.integers(LIGHT_CRF[0], LIGHT_CRF[1] + 1)) if codec == "h264" else 0
         return DegradeParams("iso", s, s, 0.0, "bicubic", True, noise, level, False, codec, q, "420", scale)
     u = rng.random()
     if u < 0.1:

@@ -22,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 
+from vsrq.errors import VsrqError
 from vsrq.models.dit import DiTConfig, VSRDiT
 from vsrq.models.loader import save_checkpoint
 from vsrq.train.data import crop_pair
@@ -71,12 +72,12 @@ class PackedPairs:
         from vsrq.train.degrade import is_light
 
         if degradations not in ("all", "light"):
-            raise ValueError(f"degradations must be 'all' or 'light', got {degradations!r}")
+            raise VsrqError(f"degradations must be 'all' or 'light', got {degradations!r}")
         self.clips = ClipDataset(root, crop=None, augment=False, cache=True)
         self.index = [(i, j) for i in range(len(self.clips)) for j in range(self.clips.num_variants(i))
                       if degradations == "all" or is_light(self.clips.meta[i]["lr"][j])]
         if not self.index:
-            raise ValueError(f"{root} has no pairs with {degradations} degradations")
+            raise VsrqError(f"{root} has no pairs with {degradations} degradations")
 
     def __len__(self) -> int:
         return len(self.index)
@@ -176,10 +177,18 @@ def init_weights(model: VSRDiT, path: Path) -> None:
     from vsrq.models.loader import read_checkpoint
 
     tensors, meta = read_checkpoint(path)
-    config = json.loads(meta.get("vsrq.config", "null") or "null")
-    if config is not None and DiTConfig.from_dict(config) != model.config:
-        raise ValueError(f"{path}: its config differs from the run's model config")
-    model.load_state_dict({k: v.float() for k, v in tensors.items()})
+    if meta.get("vsrq.quant"):
+        raise VsrqError(f"{path}: a quantized checkpoint; --init needs a float one")
+    try:
+        config = DiTConfig.from_dict(json.loads(meta.get("vsrq.config", "{}")))
+    except ValueError as exc:
+        raise VsrqError(f"{path}: unreadable model config ({exc})") from exc
+    if config != model.config:
+        raise VsrqError(f"{path}: its model config differs from the run's (--config)")
+    try:
+        model.load_state_dict({k: v.float() for k, v in tensors.items()})
+    except RuntimeError as exc:
+        raise VsrqError(f"{path}: its tensors do not fit the model ({str(exc).splitlines()[0]})") from exc
 
 
 def train(store: PairStore, o: TrainOptions, log=print) -> dict:
