@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
-# GPU training of vsrq-tiny in resumable slices (H100; run from the repo root with data/train2
-# carried, and runs/gpu carried when resuming). Each slice exports the EMA weights to
-# $OUT/vsrq-tiny-fp16-<step>.safetensors so every intermediate model can be evaluated on the CPU.
-# SLICES="4.2 3.2" runs two slices of 4.2 and 3.2 minutes in one call.
+# GPU training of a vsrq DiT in resumable slices (H100; run from the repo root with the training
+# set carried, and runs/<name> carried when resuming). Each slice exports the EMA weights to
+# $OUT/<name>-<step>.safetensors so every intermediate model can be evaluated on the CPU.
+#   NAME=tiny DATA=data/train3 CONFIG='{"dim": 96, ...}' SLICES="4.2 3.2" STEPS=8000 bash scripts/train_tiny_gpu.sh
+# Several runs may share the GPU at once (small models leave it idle): start each with its own NAME
+# and WORKERS, in the background, and `wait`.
 set -euo pipefail
+NAME=${NAME:-vsrq-tiny-fp16}
 OUT=${OUT:-runs/gpu-out}
+DATA=${DATA:-data/train2}
 LOSS=${LOSS:-'{"temporal": 1.0}'}
+CONFIG=${CONFIG:-'{"dim": 96, "depth": 4, "heads": 4, "mlp_ratio": 2.0, "patch": [1, 2, 2], "window": [4, 8, 8], "scale": 4}'}
 mkdir -p "$OUT"
-nvidia-smi -L 2>/dev/null || true
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+log="$OUT/$NAME.log"
 for minutes in ${SLICES:-8.3}; do
-  PYTHONUNBUFFERED=1 python3 -m vsrq train --data data/train2 --run runs/gpu --steps "${STEPS:-9000}" \
-    --minutes "$minutes" --batch 64 --crop 32 --frames 8 --lr "${LR:-4e-4}" --workers 12 \
-    --loss "$LOSS" --export "$OUT/vsrq-tiny-fp16.safetensors" 2>&1 | tee -a "$OUT/train.log"
-  step=$(grep '^{"start_step"' "$OUT/train.log" | tail -1 | python3 -c "import json, sys; print(json.load(sys.stdin)['step'])")
-  mv "$OUT/vsrq-tiny-fp16.safetensors" "$OUT/vsrq-tiny-fp16-$step.safetensors"
+  PYTHONUNBUFFERED=1 python3 -m vsrq train --data "$DATA" --run "runs/$NAME" --config "$CONFIG" --steps "${STEPS:-9000}" \
+    --minutes "$minutes" --batch "${BATCH:-64}" --crop 32 --frames 8 --lr "${LR:-4e-4}" --workers "${WORKERS:-12}" \
+    --degradations "${DEGRADATIONS:-all}" --loss "$LOSS" --export "$OUT/$NAME.safetensors" >>"$log" 2>&1
+  step=$(grep '^{"start_step"' "$log" | tail -1 | python3 -c "import json, sys; print(json.load(sys.stdin)['step'])")
+  mv "$OUT/$NAME.safetensors" "$OUT/$NAME-$step.safetensors"
 done
-cp runs/gpu/log.jsonl runs/gpu/state.safetensors "$OUT/"
+cp "runs/$NAME/log.jsonl" "$OUT/$NAME.jsonl"
+cp "runs/$NAME/state.safetensors" "$OUT/$NAME-state.safetensors"

@@ -41,6 +41,7 @@ from torch.utils.data import Dataset
 from vsrq.errors import VsrqError
 
 from .degrade import (
+    MILD_SHARE,
     decode_clip,
     degrade_mild_encoded,
     degrade_random,
@@ -447,6 +448,7 @@ def build_dataset(
     hr_crf: int = 10,
     video_fraction: float = 0.15,
     art_fraction: float = 0.1,
+    light_share: float | None = None,
     max_clips: int | None = None,
     shard_mib: float = 16.0,
     sources: Sources | None = None,
@@ -459,7 +461,8 @@ def build_dataset(
     Clips are drawn (seeded) from photos (camera motion, `photo_size`^2 HR), art images and real
     videos (`video_size`^2 HR) until the next clip would exceed the cap. Every HR clip gets
     `lr_variants` independently degraded LR versions (degrade_random), so the degradation
-    diversity is larger than the clip count. Held-out sources are never read.
+    diversity is larger than the clip count. `light_share` is the share of LR versions drawn from
+    the light degradation family (default MILD_SHARE). Held-out sources are never read.
     """
     t_start = time.time()
     out = Path(out_dir)
@@ -513,7 +516,7 @@ def build_dataset(
         # One generator per variant, seeded up front: noise draws (Poisson's rejection sampler uses
         # a data-dependent number of draws) must not shift the next variant's parameters.
         for variant_seed in crng.integers(2**62, size=lr_variants):
-            lr, p = degrade_random(hr_stored, int(variant_seed), SCALE)
+            lr, p = degrade_random(hr_stored, int(variant_seed), SCALE, light_share)
             lrs.append(encode_lossless(lr))
             params.append(p.to_dict())
         meta = {"source": f"{kind}:{name}", "kind": kind, "frames": int(hr.shape[0]), "hr_hw": [int(hr.shape[1]), int(hr.shape[2])], "seed": clip_seed, "lr": params, **info}
@@ -551,6 +554,8 @@ def build_dataset(
         "photo_size": photo_size,
         "video_size": video_size,
         "lr_variants": lr_variants,
+        "light_share": MILD_SHARE if light_share is None else light_share,
+        "art_fraction": art_fraction,
         "hr_storage": f"libx264rgb crf {hr_crf} (planar RGB)",
         "lr_storage": "libx264rgb qp 0 (lossless RGB)",
         "clips": sum(s["clips"] for s in shards),
@@ -827,6 +832,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--lr-variants", type=int, default=2)
     b.add_argument("--hr-crf", type=int, default=10)
     b.add_argument("--max-clips", type=int, default=None)
+    b.add_argument("--light-share", type=float, default=None, help="share of LR versions from the light degradation family (default 0.4)")
+    b.add_argument("--art-fraction", type=float, default=0.1, help="share of clips made from art images")
     b.add_argument("--cache-dir", type=Path, default=None)
     e = sub.add_parser("eval", help="held-out evaluation clips (HR .mkv + mild LR .mp4)")
     e.add_argument("--out", required=True, type=Path)
@@ -835,7 +842,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     e.add_argument("--cache-dir", type=Path, default=None)
     a = ap.parse_args(argv)
     if a.cmd == "build":
-        build_dataset(a.out, seed=a.seed, max_mib=a.max_mib, clip_len=a.clip_len, lr_variants=a.lr_variants, hr_crf=a.hr_crf, max_clips=a.max_clips, cache_dir=a.cache_dir)
+        build_dataset(a.out, seed=a.seed, max_mib=a.max_mib, clip_len=a.clip_len, lr_variants=a.lr_variants, hr_crf=a.hr_crf, max_clips=a.max_clips,
+                      light_share=a.light_share, art_fraction=a.art_fraction, cache_dir=a.cache_dir)
     else:
         build_eval_set(a.out, seed=a.seed, frames=a.frames, cache_dir=a.cache_dir)
     return 0

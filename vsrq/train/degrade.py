@@ -96,14 +96,14 @@ def is_light(params: dict) -> bool:
     )
 
 
-def sample_degrade_params(rng: np.random.Generator, scale: int = 4) -> DegradeParams:
+def sample_degrade_params(rng: np.random.Generator, scale: int = 4, light_share: float | None = None) -> DegradeParams:
     """Draw one clip's degradation; ranges are documented in docs/DATA.md.
 
     A share MILD_SHARE of clips comes from a light family (small blur, antialiased bicubic
     down-scaling, little or no noise, high-quality H.264) so that clean input, the common case
     for users and the evaluation setting, is not out of distribution; the rest is the heavy
-    real-world mix."""
-    if rng.random() < MILD_SHARE:
+    real-world mix. `light_share` overrides MILD_SHARE (1.0: a light-only training set)."""
+    if rng.random() < (MILD_SHARE if light_share is None else light_share):
         s = float(rng.uniform(*LIGHT_SIGMA))
         noise, level = ("gaussian", float(rng.uniform(0.5, LIGHT_NOISE_MAX))) if rng.random() < 0.3 else ("none", 0.0)
         codec = "h264" if rng.random() < 0.8 else "none"
@@ -369,10 +369,12 @@ def degrade(hr_clip: np.ndarray, params: DegradeParams, seed: int | np.random.Ge
     return _degrade(hr_clip, params, rng)[0]
 
 
-def degrade_random(hr_clip: np.ndarray, seed: int | np.random.Generator, scale: int = 4) -> tuple[np.ndarray, DegradeParams]:
+def degrade_random(
+    hr_clip: np.ndarray, seed: int | np.random.Generator, scale: int = 4, light_share: float | None = None
+) -> tuple[np.ndarray, DegradeParams]:
     """Draw parameters from `seed` and degrade; the same seed gives the same LR clip and parameters."""
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    params = sample_degrade_params(rng, scale)
+    params = sample_degrade_params(rng, scale, light_share)
     return degrade(hr_clip, params, rng), params
 
 
