@@ -122,3 +122,28 @@ def test_config_round_trip_and_validation():
         DiTConfig.from_dict({**cfg.to_dict(), "bogus": 1})
     with pytest.raises(ValueError):
         DiTConfig(dim=50, heads=3)
+
+
+def test_local_conv_starts_as_identity_and_reaches_past_windows():
+    """Zero-initialised depthwise convs leave a fresh model the residual upsampler; trained (random)
+    ones carry information between windows even without shifted blocks."""
+    cfg = DiTConfig(dim=24, depth=1, heads=2, window=(1, 4, 4), patch=(1, 1, 1), scale=2, local_conv=(1, 3, 3))
+    fresh = VSRDiT(cfg).eval()
+    x = torch.rand(1, 3, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), fresh.upsample_residual(x))
+    model = random_model(cfg)
+    y = x.clone()
+    y[..., 3, 3] += 0.5  # inside the top-left window, next to its border
+
+    def change(m: VSRDiT) -> torch.Tensor:
+        """What the network (not the bicubic residual) changes in its output, for frame 0."""
+        with torch.no_grad():
+            return ((m(x) - m.upsample_residual(x)) - (m(y) - m.upsample_residual(y))).abs()[0, :, 0]
+
+    # one unshifted block: only the convs carry the change into the bottom-right window
+    assert change(model)[:, 8:, 8:].max() > 0
+    assert change(random_model(DiTConfig(**{**cfg.to_dict(), "local_conv": (0, 0, 0)})))[:, 8:, 8:].max() == 0
+    with pytest.raises(ValueError):
+        DiTConfig(dim=24, heads=2, local_conv=(2, 3, 3))
+    assert DiTConfig.from_dict(cfg.to_dict()) == cfg

@@ -111,3 +111,20 @@ def test_quantized_checkpoint_of_wrong_shape_is_refused(fp_model, tmp_path):
 
     with pytest.raises(ModelError, match="blocks.0.mlp.fc1"):
         load_model(str(broken))
+
+
+def test_quantized_model_keeps_its_local_convs_in_full_precision(tmp_path):
+    from vsrq.models.dit import DiTConfig
+
+    cfg = DiTConfig(**{**TINY.to_dict(), "local_conv": (3, 3, 3)})
+    fp_path = random_checkpoint(tmp_path / "fp.safetensors", cfg)
+    out = tmp_path / "q.safetensors"
+    result = run("quantize", "--model", fp_path, "--out", out, "-q")
+    assert result.exit_code == 0, result.output + result.stderr
+    loaded, fp = load_model(str(out)).module, load_model(str(fp_path)).module
+    assert loaded.config.local_conv == (3, 3, 3)
+    torch.testing.assert_close(loaded.local[0].weight, fp.local[0].weight, rtol=1e-3, atol=1e-3)
+    x = torch.rand(1, 3, 4, 16, 16)
+    with torch.no_grad():
+        yq, yf = loaded(x), fp(x)
+    assert 0 < float(((yq - yf) ** 2).mean() / (yf**2).mean()) < 1e-2
