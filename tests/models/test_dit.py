@@ -147,3 +147,19 @@ def test_local_conv_starts_as_identity_and_reaches_past_windows():
     with pytest.raises(ValueError):
         DiTConfig(dim=24, heads=2, local_conv=(2, 3, 3))
     assert DiTConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_rope_for_head_dims_not_a_multiple_of_six():
+    """head_dim 128 (SeedVR2-sized): 3 x 21 pairs rotate, the one pair left over is untouched;
+    multiples of 6 keep every pair rotating."""
+    from vsrq.models.dit import rope_3d
+
+    cos, sin = rope_3d((2, 3, 4), 128, 10000.0, torch.device("cpu"))
+    assert cos.shape == (24, 128)
+    spare = [63, 127]  # the last pair of each half
+    assert torch.all(cos[:, spare] == 1) and torch.all(sin[:, spare] == 0)
+    assert sin[:, :63].abs().sum(0).gt(0).all()  # every other pair turns somewhere on the grid
+    cos6, sin6 = rope_3d((2, 3, 4), 24, 10000.0, torch.device("cpu"))
+    assert sin6.abs().sum(0).gt(0).all()
+    out = random_model(DiTConfig(dim=32, depth=2, heads=2, window=(2, 4, 4)))(torch.rand(1, 3, 2, 8, 8))
+    assert torch.isfinite(out).all()

@@ -49,8 +49,8 @@ class DiTConfig:
     def __post_init__(self) -> None:
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
-        if self.head_dim % 6:
-            raise ValueError(f"head_dim {self.head_dim} must be a multiple of 6 for 3D RoPE")
+        if self.head_dim % 2 or self.head_dim < 6:
+            raise ValueError(f"head_dim {self.head_dim} must be even and at least 6 for 3D RoPE")
         if any(k < 0 or (k and k % 2 == 0) for k in self.local_conv):
             raise ValueError(f"local_conv kernel {self.local_conv} must be odd sizes (or all 0)")
         if self.scale not in (1, 2, 3, 4, 8):
@@ -90,16 +90,23 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 def rope_3d(grid: Triple, head_dim: int, theta: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables (Tt*Ht*Wt, head_dim) for rotary embedding along t, h and w (a third of the dims each)."""
-    per_axis = head_dim // 3
+    """cos/sin tables (Tt*Ht*Wt, head_dim) for rotary embedding along t, h and w.
+
+    Each axis rotates head_dim // 6 frequency pairs; when head_dim is not a multiple of 6 (e.g. 128,
+    as in SeedVR2-sized configs) the few pairs left over get angle 0, i.e. they are not rotated."""
+    pairs = head_dim // 6  # frequency pairs per axis
+    per_axis = 2 * pairs
     tables = []
     for axis, n in enumerate(grid):
         inv = 1.0 / theta ** (torch.arange(0, per_axis, 2, dtype=torch.float32, device=device) / per_axis)
         pos = torch.arange(n, dtype=torch.float32, device=device)
-        ang = torch.outer(pos, inv)  # (n, per_axis/2)
-        shape = [1, 1, 1, per_axis // 2]
+        ang = torch.outer(pos, inv)  # (n, pairs)
+        shape = [1, 1, 1, pairs]
         shape[axis] = n
-        tables.append(ang.view(shape).expand(*grid, per_axis // 2))
+        tables.append(ang.view(shape).expand(*grid, pairs))
+    spare = head_dim // 2 - 3 * pairs
+    if spare:
+        tables.append(torch.zeros(*grid, spare, device=device))
     ang = torch.cat(tables, dim=-1).reshape(-1, head_dim // 2)
     ang = torch.cat([ang, ang], dim=-1)
     return ang.cos(), ang.sin()
