@@ -325,9 +325,11 @@ def evaluate_cmd(
     rows += evaluate(f"{loaded.name} [{loaded.precision}]", lambda lr: upscale_clip(upscaler, lr), clips, temporal=temporal)
     typer.echo(format_table(rows))
     if per_clip:
-        typer.echo("\n| clip | " + " | ".join(dict.fromkeys(r["method"] for r in rows if r["method"] != "ground truth")) + " |  (PSNR-Y dB)")
+        unit = "PSNR-Y dB / warping error" if temporal else "PSNR-Y dB"
+        typer.echo("\n| clip | " + " | ".join(dict.fromkeys(r["method"] for r in rows)) + f" |  ({unit})")
         for c in clips:
-            vals = [f"{r['psnr_y']:.2f}" for r in rows if r["clip"] == c.name and r["method"] != "ground truth"]
+            vals = [(f"{r['psnr_y']:.2f}" if r["method"] != "ground truth" else "-") + (f" / {r['warp_err']:.3f}" if temporal else "")
+                    for r in rows if r["clip"] == c.name]
             typer.echo(f"| {c.name} | " + " | ".join(vals) + " |")
     if png is not None:
         from vsrq.io.image import write_png
