@@ -1,8 +1,6 @@
 """The packaged default model loads offline through the registry and does better than bicubic."""
 
 import numpy as np
-import pytest
-import torch
 
 from vsrq.eval.baselines import bicubic_upscale
 from vsrq.eval.metrics import psnr_y
@@ -19,13 +17,11 @@ def test_default_model_is_packaged_and_verified(monkeypatch, tmp_path):
     monkeypatch.delenv("VSRQ_MODELS", raising=False)
     loaded = load_model(None)
     assert loaded.name == "vsrq-tiny" and loaded.precision == "w4a4" and loaded.scale == 4
-    assert loaded.quant["recipe"]["name"] == "combo"
+    assert loaded.quant["recipe"]["name"] == "combo-joint-mpq"
     fp = load_model("vsrq-tiny-fp16")
     assert fp.precision == "fp16" and fp.module.config == loaded.module.config
 
 
-@pytest.mark.xfail(strict=True, reason="issue 3: the interim CPU-trained vsrq-tiny-fp16 is 0.1-0.2 dB below bicubic on "
-                   "bigbuckbunny (docs/MODELS.md); strict, so a model that passes makes this test fail until the mark goes")
 def test_default_model_beats_bicubic_on_held_out_frames(bbb_path, monkeypatch, tmp_path):
     """bigbuckbunny is never trained on. Same protocol as the eval set (docs/MODELS.md): frames
     reduced to 640x360, the mild degradation; here 8 frames and the whole frame."""
@@ -38,4 +34,5 @@ def test_default_model_beats_bicubic_on_held_out_frames(bbb_path, monkeypatch, t
     up = ChunkUpscaler(load_model(None), UpscaleOptions(chunk=8, overlap=2, device="cpu"))
     ours = psnr_y(upscale_clip(up, lr), hr, 4).mean
     base = psnr_y(np.asarray(bicubic_upscale(lr)), hr, 4).mean
-    assert ours > base + 0.1, (ours, base)
+    # measured 2026-11-23 on these frames: W4A4 default +0.32 dB, vsrq-tiny-fp16 +0.54 dB (docs/MODELS.md)
+    assert ours > base + 0.2, (ours, base)

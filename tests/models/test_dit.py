@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.support import TINY, random_model
+from tests.support import random_model
 from vsrq.models.dit import DiTConfig, VSRDiT, WindowAttention, WindowLayout, _window_geometry
 
 

@@ -55,7 +55,8 @@ def format_table(rows: Sequence[dict]) -> str:
         for k in cols:
             v = [r[k] for r in rs if k in r]
             vals.append(np.mean(v) if v else float("nan"))
-        lines.append(f"| {m} | {len(rs)} | {vals[0]:.2f} | {vals[1]:.4f} | {vals[2]:.3f} |")
+        warp = "-" if np.isnan(vals[2]) else f"{vals[2]:.3f}"  # not measured (--no-temporal)
+        lines.append(f"| {m} | {len(rs)} | {vals[0]:.2f} | {vals[1]:.4f} | {warp} |")
     return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from vsrq.errors import ModelError
+from vsrq.io.output_path import publish
 from vsrq.quant.qlinear import QuantLinear
 
 
@@ -74,7 +75,7 @@ def write_checkpoint(model: nn.Module, path: Path, *, arch: str, config: dict, p
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         save_file(tensors, str(tmp), metadata=meta)
-        tmp.replace(path)
+        publish(str(tmp), str(path))  # ordinary permissions (safetensors writes owner-only files)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -113,6 +113,10 @@ def _presets() -> dict[str, Recipe]:
         "combo": replace(base, name="combo", smooth="search", rotate=True, act_clip="draq", bias_align="mean"),
         "combo-mpq": replace(base, name="combo-mpq", smooth="search", rotate=True, act_clip="draq", bias_align="mean",
                              mixed_budget=4.6),
+        # combo + QuantVSR-style joint refinement without a low-rank branch (weight steps and learned
+        # bias alignment) + mixed precision; the shipped vsrq-tiny recipe since the GPU-trained model.
+        "combo-joint-mpq": replace(base, name="combo-joint-mpq", smooth="search", rotate=True, act_clip="draq",
+                                   bias_align="learn", refine="joint", refine_steps=200, mixed_budget=4.6),
         "combo-lr": replace(base, name="combo-lr", smooth="search", rotate=True, act_clip="draq", bias_align="learn",
                             rank=8, rank_alloc="stca", refine="joint", refine_steps=200),
     }
