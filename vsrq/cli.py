@@ -150,8 +150,8 @@ def models(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
 @friendly_errors
 def quantize(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to quantize (registry name or checkpoint); default: the default model."),
-    bits: int = typer.Option(4, "--bits", help="Weight bits (2-8)."),
-    act_bits: Optional[int] = typer.Option(None, "--act-bits", help="Activation bits (2-8; default: same as --bits)."),
+    bits: Optional[int] = typer.Option(None, "--bits", help="Weight bits (2-8; default: the recipe's, 4 except rtn-w8a8)."),
+    act_bits: Optional[int] = typer.Option(None, "--act-bits", help="Activation bits (2-8; default: --bits if given, else the recipe's)."),
     method: str = typer.Option("rtn", "--method", help="Preset name (vsrq quantize --list) or a recipe .toml file."),
     calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration video or folder of videos; default: the built-in set."),
     out: Path = typer.Option(..., "--out", "-o", help="Output checkpoint (.safetensors), written atomically."),
@@ -170,7 +170,7 @@ def quantize(
     from vsrq.quant.engine import quantize_model
     from vsrq.quant.recipe import load_recipe
 
-    if not 2 <= bits <= 8:
+    if bits is not None and not 2 <= bits <= 8:
         fail(f"--bits must be between 2 and 8, got {bits}", 2)
     if act_bits is not None and not 2 <= act_bits <= 8:
         fail(f"--act-bits must be between 2 and 8, got {act_bits}", 2)
@@ -178,6 +178,8 @@ def quantize(
         fail(f"output {out} exists; pass --overwrite to replace it")
     if not out.parent.is_dir():
         fail(f"output directory {out.parent} does not exist")
+    # --bits overrides the recipe (and sets the activation bits unless --act-bits does); without it
+    # the recipe's own bits hold, so `--method rtn-w8a8` gives W8A8.
     recipe = load_recipe(method, w_bits=bits, a_bits=act_bits if act_bits is not None else bits, group_size=group_size, rank=rank)
     loaded = load_model(model)
     if loaded.precision in ("w4a4", "w8a8"):

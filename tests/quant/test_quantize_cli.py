@@ -128,3 +128,13 @@ def test_quantized_model_keeps_its_local_convs_in_full_precision(tmp_path):
     with torch.no_grad():
         yq, yf = loaded(x), fp(x)
     assert 0 < float(((yq - yf) ** 2).mean() / (yf**2).mean()) < 1e-2
+
+
+def test_preset_bits_hold_unless_bits_is_given(fp_model, tmp_path):
+    """`--method rtn-w8a8` alone gives W8A8; `--bits` overrides the recipe (activations follow it)."""
+    out8, out4 = tmp_path / "w8.safetensors", tmp_path / "w4.safetensors"
+    assert run("quantize", "--model", fp_model, "--method", "rtn-w8a8", "--out", out8, "-q").exit_code == 0
+    assert load_model(str(out8)).precision == "w8a8"
+    assert run("quantize", "--model", fp_model, "--method", "rtn-w8a8", "--bits", "4", "--out", out4, "-q").exit_code == 0
+    assert load_model(str(out4)).precision == "w4a4"
+    assert run("quantize", "--model", fp_model, "--bits", "9", "--out", tmp_path / "x.safetensors", "-q").exit_code == 2
