@@ -151,3 +151,15 @@ def test_eval_set_round_trip(tmp_path: Path, sources: Sources) -> None:
 def test_load_image_drops_alpha(tmp_path: Path) -> None:
     img = texture(20, 30, 4)
     assert np.array_equal(load_image(save_png(tmp_path / "x.mkv", img)), img)
+
+
+def test_light_share_builds_a_light_only_set(tmp_path: Path, sources: Sources) -> None:
+    """--light-share 1.0: every LR version comes from the light family, and the manifest says so."""
+    from vsrq.train.degrade import is_light
+
+    man = build_dataset(tmp_path / "light", seed=1, max_mib=0.12, clip_len=4, photo_size=64, video_size=32,
+                        lr_variants=2, light_share=1.0, sources=sources, log=lambda *_: None)
+    assert man["light_share"] == 1.0 and man["clips"] >= 2
+    ds = ClipDataset(tmp_path / "light", crop=None, augment=False)
+    params = [p for i in range(len(ds)) for p in ds.meta[i]["lr"]]
+    assert len(params) == 2 * man["clips"] and all(is_light(p) for p in params)
