@@ -17,17 +17,15 @@ import numpy as np
 import torch
 
 from vsrq.eval.baselines import bicubic_upscale
+from vsrq.eval.metrics import psnr_y, rgb_to_y
 from vsrq.models.loader import load_model
 from vsrq.train.data import load_eval_set
 
 BORDER = 4  # as vsrq eval
 
 
-def luma(a: np.ndarray) -> np.ndarray:
-    return a.astype(np.float64) @ np.array([65.481, 128.553, 24.966]) / 255 + 16
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
+def float_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR of float luma clips over the whole clip (for mean-matched luma, which is not uint8)."""
     c = (slice(None), slice(BORDER, -BORDER), slice(BORDER, -BORDER))
     return float(10 * np.log10(255**2 / np.mean((a[c] - b[c]) ** 2)))
 
@@ -48,11 +46,12 @@ def main() -> None:
         x = torch.from_numpy(c.lr).permute(3, 0, 1, 2)[None].float() / 255
         with torch.no_grad():
             out = (model(x)[0].permute(1, 2, 3, 0).clamp(0, 1) * 255).round().numpy().astype(np.uint8)
-        yh, yb, ym = luma(c.hr), luma(np.asarray(bicubic_upscale(c.lr))), luma(out)
-        matched = [psnr(y - y.mean() + yh.mean(), yh) for y in (yb, ym)]
+        bic = np.asarray(bicubic_upscale(c.lr))
+        yh, yb, ym = rgb_to_y(c.hr), rgb_to_y(bic), rgb_to_y(out)
+        matched = [float_psnr(y - y.mean() + yh.mean(), yh) for y in (yb, ym)]
         regions = {"dark": yh < 50, "mid": (yh >= 50) & (yh <= 200), "bright": yh > 200}
         dmse = [float(((ym - yh) ** 2)[m].mean() - ((yb - yh) ** 2)[m].mean()) if m.any() else float("nan") for m in regions.values()]
-        print(f"{c.name} | {psnr(yb, yh):.2f} / {psnr(ym, yh):.2f} | {matched[0]:.2f} / {matched[1]:.2f} | "
+        print(f"{c.name} | {psnr_y(bic, c.hr, BORDER).mean:.2f} / {psnr_y(out, c.hr, BORDER).mean:.2f} | {matched[0]:.2f} / {matched[1]:.2f} | "
               f"{yb.mean() - yh.mean():+.2f} / {ym.mean() - yh.mean():+.2f} | "
               + " / ".join(f"{d:+.1f}" for d in dmse)
               + f" | {laplacian(yb[0]):.2f} / {laplacian(ym[0]):.2f} / {laplacian(yh[0]):.2f}")

@@ -144,8 +144,9 @@ def test_local_conv_starts_as_identity_and_reaches_past_windows():
     # one unshifted block: only the convs carry the change into the bottom-right window
     assert change(model)[:, 8:, 8:].max() > 0
     assert change(random_model(DiTConfig(**{**cfg.to_dict(), "local_conv": (0, 0, 0)})))[:, 8:, 8:].max() == 0
-    with pytest.raises(ValueError):
-        DiTConfig(dim=24, heads=2, local_conv=(2, 3, 3))
+    for bad in [(2, 3, 3), (0, 3, 3), (-1, 3, 3)]:  # even, or partly off: no silent "no convolution"
+        with pytest.raises(ValueError):
+            DiTConfig(dim=24, heads=2, local_conv=bad)
     assert DiTConfig.from_dict(cfg.to_dict()) == cfg
 
 

@@ -163,3 +163,13 @@ def test_light_share_builds_a_light_only_set(tmp_path: Path, sources: Sources) -
     ds = ClipDataset(tmp_path / "light", crop=None, augment=False)
     params = [p for i in range(len(ds)) for p in ds.meta[i]["lr"]]
     assert len(params) == 2 * man["clips"] and all(is_light(p) for p in params)
+
+
+def test_data_cli_rejects_bad_shares_in_one_line(tmp_path: Path, capsys) -> None:
+    from vsrq.train.data import main
+
+    for args in (["--light-share", "1.5"], ["--art-fraction", "0.95"]):
+        assert main(["build", "--out", str(tmp_path / "x"), *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("python -m vsrq.train.data: error:") and "\n" not in err
+        assert not (tmp_path / "x").exists()

@@ -68,7 +68,7 @@ def quantize_model(
     linears = {n: model.get_submodule(n) for n in names}
     groups = search_granularity(linears, stats, recipe) if recipe.granularity_search else {n: recipe.group_size for n in names}
     ranks = allocate_ranks(names, stats, recipe, linears)
-    made: dict[str, tuple] = {}
+    made: dict[tuple[str, str], tuple] = {}  # (layer, 'low'|'high') -> quantize_layer's result
     promoted: set[str] = set()
     mixed: dict = {}
     if recipe.mixed_budget:

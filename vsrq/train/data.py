@@ -464,6 +464,11 @@ def build_dataset(
     diversity is larger than the clip count. `light_share` is the share of LR versions drawn from
     the light degradation family (default MILD_SHARE). Held-out sources are never read.
     """
+    for name, v in (("video_fraction", video_fraction), ("art_fraction", art_fraction), ("light_share", light_share)):
+        if v is not None and not 0.0 <= v <= 1.0:
+            raise ValueError(f"{name} must be between 0 and 1, got {v}")
+    if video_fraction + art_fraction > 1.0:
+        raise ValueError(f"video_fraction + art_fraction must be at most 1, got {video_fraction + art_fraction}")
     t_start = time.time()
     out = Path(out_dir)
     if sources is None:
@@ -841,11 +846,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     e.add_argument("--frames", type=int, default=32)
     e.add_argument("--cache-dir", type=Path, default=None)
     a = ap.parse_args(argv)
-    if a.cmd == "build":
-        build_dataset(a.out, seed=a.seed, max_mib=a.max_mib, clip_len=a.clip_len, lr_variants=a.lr_variants, hr_crf=a.hr_crf, max_clips=a.max_clips,
-                      light_share=a.light_share, art_fraction=a.art_fraction, cache_dir=a.cache_dir)
-    else:
-        build_eval_set(a.out, seed=a.seed, frames=a.frames, cache_dir=a.cache_dir)
+    try:
+        if a.cmd == "build":
+            build_dataset(a.out, seed=a.seed, max_mib=a.max_mib, clip_len=a.clip_len, lr_variants=a.lr_variants, hr_crf=a.hr_crf,
+                          max_clips=a.max_clips, light_share=a.light_share, art_fraction=a.art_fraction, cache_dir=a.cache_dir)
+        else:
+            build_eval_set(a.out, seed=a.seed, frames=a.frames, cache_dir=a.cache_dir)
+    except (ValueError, VsrqError) as exc:  # bad arguments or sources: one line, no traceback
+        print(f"python -m vsrq.train.data: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
