@@ -4,7 +4,9 @@ Everything in one report comes from the same process, inputs and device, so the 
 (W8A8 / W4A4 against the float path) are meaningful; absolute numbers are for that machine only.
 Timings: warm-up first, then the median of repeats (CUDA events on the GPU, a monotonic clock on
 the CPU). Low-bit variants for speed are made by round-to-nearest (no calibration needed: the
-kernels cost the same whatever the values).
+kernels cost the same whatever the values), in the form `vsrq quantize` writes: adaLN modulation
+folded. Checkpoint bytes compare each variant's file with the bf16 file of the model as trained
+(unfolded).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from vsrq.pipeline.device import pick_device, pick_dtype
 from vsrq.pipeline.upscale import UpscaleOptions, upscale_file
 from vsrq.quant.calibrate import target_layers
 from vsrq.quant.checkpoint import save_quantized, set_module
+from vsrq.quant.engine import fold_constants
 from vsrq.quant.qlinear import QuantLinear
 from vsrq.quant.recipe import DEFAULT_KEEP
 
@@ -66,8 +69,9 @@ def median_ms(fn: Callable[[], object], device: torch.device, warmup: int = 2, r
 
 
 def rtn_variant(model: nn.Module, bits: int, act_bits: int, rank: int) -> nn.Module:
-    """A copy of `model` whose target linears are RTN QuantLinears (for timing and size)."""
-    q = copy.deepcopy(model).float()
+    """A copy of `model`, folded as `vsrq quantize` does, whose target linears are RTN QuantLinears
+    (for timing and size)."""
+    q = fold_constants(copy.deepcopy(model).float())
     for name in target_layers(q, DEFAULT_KEEP):
         lin = q.get_submodule(name)
         set_module(q, name, QuantLinear.from_linear(lin, bits=bits, act_bits=act_bits, rank=min(rank, lin.in_features, lin.out_features)))
@@ -88,11 +92,12 @@ def time_transcode(src: Path, dst: Path) -> tuple[int, float]:
 
 
 def checkpoint_bytes(loaded: LoadedModel, variant: nn.Module, precision: str, tmp: Path) -> int:
+    """Size of the file the variant is shipped as: bf16 for the float model, packed otherwise."""
     arch = loaded.module.arch
     cfg = ARCHITECTURES[arch].config_of(loaded.module)
     path = tmp / f"{precision}.safetensors"
     if precision == "fp":
-        save_checkpoint(variant, path, arch=arch, precision="fp16")
+        save_checkpoint(variant, path, arch=arch, precision="bf16")
     else:
         save_quantized(variant, path, arch=arch, config=cfg, precision=precision, report={})
     return path.stat().st_size
@@ -118,13 +123,14 @@ def run_bench(*, model: str | None, config: dict | None, input: Path | None, siz
         "model": loaded.name,
         "input": f"{w}x{h} x {chunk} frames per forward",
         "rank": rank,
-        "forward": {}, "layers": [], "size": {}, "pipeline": {},
+        "forward": {}, "layers": [], "size": {}, "size_vs_bf16": {}, "pipeline": {},
     }
     variants: dict[str, nn.Module] = {}
     with tempfile.TemporaryDirectory(prefix="vsrq-bench-") as tmp:
         for p in precisions:
             variants[p] = loaded.module if p == "fp" else rtn_variant(loaded.module, *PRECISIONS[p], rank=rank)
             res["size"][p] = checkpoint_bytes(loaded, variants[p], p, Path(tmp))
+            res["size_vs_bf16"][p] = res["size"]["fp"] / res["size"][p] if "fp" in res["size"] else None
             net = variants[p].to(dev, dtype)
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
@@ -185,14 +191,15 @@ def format_report(r: dict) -> list[str]:
     ps = list(r["forward"])
     base = ps[0]
     lines = [f"vsrq bench {r['date']}  device: {r['device']}  torch {r['torch']}",
-             f"model {r['model']}; {r['input']}; low-bit variants RTN, low-rank rank {r['rank']}", "",
+             f"model {r['model']}; {r['input']}; low-bit variants RTN, low-rank rank {r['rank']}",
+             f"checkpoints: {base} = bf16 as trained; low-bit = packed, adaLN modulation folded", "",
              f"{'DiT forward':<22}" + "".join(f"{p:>14}" for p in ps)]
     lines.append(f"{'  median ms':<22}" + "".join(f"{r['forward'][p]['ms']:>14.2f}" for p in ps))
     lines.append(f"{'  speed vs ' + base:<22}" + "".join(f"{r['forward'][base]['ms'] / r['forward'][p]['ms']:>13.2f}x" for p in ps))
     mem_label = "  peak GPU MiB" if not r["device"].startswith("cpu") else "  peak RSS MiB (proc)"
     lines.append(f"{mem_label:<22}" + "".join(f"{r['forward'][p]['peak_bytes'] / 2**20:>14.1f}" for p in ps))
     lines.append(f"{'checkpoint MiB':<22}" + "".join(f"{r['size'][p] / 2**20:>14.3f}" for p in ps))
-    lines.append(f"{'  size vs ' + base:<22}" + "".join(f"{r['size'][base] / r['size'][p]:>13.2f}x" for p in ps))
+    lines.append(f"{'  bf16 bytes / these':<22}" + "".join(f"{r['size'][base] / r['size'][p]:>13.2f}x" for p in ps))
     if r["layers"]:
         lines += ["", f"{'layer (M x K -> N)':<40}" + "".join(f"{p + ' ms':>12}" for p in ps) + "".join(f"{p + ' x':>10}" for p in ps[1:])]
         for row in r["layers"]:

@@ -1,5 +1,6 @@
 """`vsrq quantize` end to end on a small random model: checkpoint round trip, determinism, bad input."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from typer.testing import CliRunner
 
 from tests.support import TINY, random_checkpoint
 from vsrq.cli import app
-from vsrq.models.loader import load_model
+from vsrq.models.loader import load_model, read_checkpoint
 from vsrq.quant.qlinear import QuantLinear
 
 
@@ -138,3 +139,43 @@ def test_preset_bits_hold_unless_bits_is_given(fp_model, tmp_path):
     assert run("quantize", "--model", fp_model, "--method", "rtn-w8a8", "--bits", "4", "--out", out4, "-q").exit_code == 0
     assert load_model(str(out4)).precision == "w4a4"
     assert run("quantize", "--model", fp_model, "--bits", "9", "--out", tmp_path / "x.safetensors", "-q").exit_code == 2
+
+
+def test_quantize_writes_the_adaln_modulation_folded(fp_model, tmp_path):
+    """The constant adaLN layers and the timestep MLP become stored vectors (a recipe can opt out)."""
+    out = tmp_path / "q.safetensors"
+    assert run("quantize", "--model", fp_model, "--out", out, "-q").exit_code == 0
+    tensors, meta = read_checkpoint(out)
+    assert meta["vsrq.folded"] == "adaln" and json.loads(meta["vsrq.quant"])["recipe"]["fold_modulation"]
+    assert not [k for k in tensors if "adaln" in k or "t_embed" in k]
+    assert tensors["blocks.0.modulation"].dtype == torch.float32
+    loaded = load_model(str(out))
+    assert loaded.module.folded and all(not isinstance(m, QuantLinear) or "adaln" not in n for n, m in loaded.module.named_modules())
+    recipe = tmp_path / "unfolded.toml"
+    recipe.write_text('base = "rtn"\nfold_modulation = false\n')
+    plain = tmp_path / "plain.safetensors"
+    assert run("quantize", "--model", fp_model, "--method", recipe, "--out", plain, "-q").exit_code == 0
+    assert "blocks.0.adaln.weight" in read_checkpoint(plain)[0] and not load_model(str(plain)).module.folded
+    assert out.stat().st_size < plain.stat().st_size
+    # the same quantization either way (folding repeats the forward's float32 arithmetic), and the
+    # folded vectors come from the float32 layers where the unfolded file rounds them to fp16
+    folded_t, plain_t = tensors, read_checkpoint(plain)[0]
+    assert all(torch.equal(v, plain_t[k]) for k, v in folded_t.items() if k in plain_t)
+    x = torch.rand(1, 3, 4, 16, 16)
+    with torch.no_grad():
+        ref, a, b = load_model(str(fp_model)).module(x), loaded.module(x), load_model(str(plain)).module(x)
+    assert float(((a - ref) ** 2).mean()) < 1e-2 * float((ref**2).mean())
+    assert float(((a - b) ** 2).mean()) < 1e-2 * float((ref**2).mean())
+
+
+def test_bench_low_bit_variants_are_folded_and_compared_with_bf16(tmp_path):
+    from vsrq.bench import checkpoint_bytes, rtn_variant
+
+    fp = load_model(str(random_checkpoint(tmp_path / "model.safetensors", TINY)))
+    w4 = rtn_variant(fp.module, 4, 4, rank=0)
+    assert w4.folded and not fp.module.folded
+    (out := tmp_path / "bench").mkdir()
+    sizes = {p: checkpoint_bytes(fp, m, p, out) for p, m in (("fp", fp.module), ("w4a4", w4))}
+    assert read_checkpoint(out / "fp.safetensors")[1]["vsrq.precision"] == "bf16"
+    assert read_checkpoint(out / "w4a4.safetensors")[1]["vsrq.folded"] == "adaln"
+    assert sizes["w4a4"] < sizes["fp"] / 2

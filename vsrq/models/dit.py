@@ -10,11 +10,16 @@ Windows shift by half a window in every other block (Swin-style cyclic shift), s
 crosses window borders. The token grid is padded to whole windows; padded keys and the roll's seam
 are masked, which makes the result independent of how much padding a tile needed. All dense layers are `nn.Linear` so the
 quantization engine can swap them for low-bit modules without the model knowing.
+
+The timestep is a constant, so every adaLN output is one too: for inference
+`VSRDiT.fold_modulation_()` stores those outputs as vectors and drops the timestep MLP and the
+adaLN linears (a third of a block's weights); training keeps the layers.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -292,47 +297,82 @@ class DiTBlock(nn.Module):
     """Pre-norm transformer block with adaLN-Zero modulation (shift, scale, gate) from the timestep.
 
     It works on tokens in window order (B, nW, L, C): attention needs that order and the MLP and
-    norms don't care, so the grid is re-ordered only once per block.
+    norms don't care, so the grid is re-ordered only once per block. Exactly one of `adaln` (the
+    trainable layer) and `modulation` (its folded constant output, (6*dim,)) is set.
     """
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, folded: bool = False) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = WindowAttention(dim, heads)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.adaln = nn.Linear(dim, 6 * dim)
+        self.adaln: nn.Linear | None = None if folded else nn.Linear(dim, 6 * dim)
+        self.register_buffer("modulation", torch.zeros(6 * dim) if folded else None)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaln(F.silu(cond)).chunk(6, dim=-1)
-        gview = (cond.shape[0], 1, 1, -1)
+    def shift_scale_gate(self, cond: torch.Tensor | None) -> torch.Tensor:
+        """(B, 6*dim) from the timestep embedding, or (1, 6*dim) stored once folded (cond unused)."""
+        if self.adaln is None:
+            return self.modulation[None]
+        return self.adaln(F.silu(cond))
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None, layout: WindowLayout) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.shift_scale_gate(cond).chunk(6, dim=-1)
+        gview = (gate1.shape[0], 1, 1, -1)
         x = x + gate1.reshape(gview) * self.attn(modulate(self.norm1(x), shift1, scale1), layout)
         x = x + gate2.reshape(gview) * self.mlp(modulate(self.norm2(x), shift2, scale2))
         return x
 
 
+def _linear32(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """layer(x) in float32: a Linear's weights are upcast (a no-op in a float32 model, so the fold
+    repeats the unfolded forward's arithmetic exactly); any other (quantized) layer runs its own."""
+    if isinstance(layer, nn.Linear):
+        return F.linear(x, layer.weight.float(), None if layer.bias is None else layer.bias.float())
+    return layer(x)
+
+
+def _dtype_of(layer: nn.Module) -> torch.dtype:
+    """The float dtype a folded vector is stored in: that of the layer it replaces."""
+    return layer.weight.dtype if isinstance(layer, nn.Linear) else torch.float32
+
+
+def state_is_folded(keys: Collection[str]) -> bool:
+    """Whether a state dict is of a folded model (spandrel-style: told by its keys, not metadata)."""
+    return "modulation_out" in keys
+
+
 class VSRDiT(nn.Module):
-    """One-step DiT video super-resolution network: (B, 3, T, H, W) in [0, 1] -> (B, 3, T, sH, sW)."""
+    """One-step DiT video super-resolution network: (B, 3, T, H, W) in [0, 1] -> (B, 3, T, sH, sW).
+
+    `folded=True` builds the inference form whose modulation is stored (to load a folded state
+    dict into); `fold_modulation_()` turns a trained model into it."""
 
     arch = "vsrq-dit"
 
-    def __init__(self, config: DiTConfig) -> None:
+    def __init__(self, config: DiTConfig, folded: bool = False) -> None:
         super().__init__()
         self.config = config
         c = config
         pt, ph, pw = c.patch
         self.patch_embed = nn.Linear(c.in_channels * pt * ph * pw, c.dim)
-        self.t_embed = nn.Sequential(nn.Linear(256, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
-        self.blocks = nn.ModuleList(DiTBlock(c.dim, c.heads, c.mlp_ratio) for _ in range(c.depth))
+        self.t_embed: nn.Sequential | None = None if folded else nn.Sequential(nn.Linear(256, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
+        self.blocks = nn.ModuleList(DiTBlock(c.dim, c.heads, c.mlp_ratio, folded) for _ in range(c.depth))
         k = c.local_conv
         self.local = nn.ModuleList(
             nn.Conv3d(c.dim, c.dim, k, padding=tuple(v // 2 for v in k), groups=c.dim) for _ in range(c.depth + 1)
         ) if all(k) else nn.ModuleList()
         self.norm_out = nn.LayerNorm(c.dim, elementwise_affine=False, eps=1e-6)
-        self.adaln_out = nn.Linear(c.dim, 2 * c.dim)
+        self.adaln_out: nn.Linear | None = None if folded else nn.Linear(c.dim, 2 * c.dim)
+        self.register_buffer("modulation_out", torch.zeros(2 * c.dim) if folded else None)
         self.head = nn.Linear(c.dim, pt * ph * pw * 3 * c.scale * c.scale)
         self.register_buffer("timestep", torch.tensor([c.timestep]), persistent=False)
         self.reset_parameters()
+
+    @property
+    def folded(self) -> bool:
+        """Whether the adaLN modulation is stored as vectors (inference form) rather than computed."""
+        return self.t_embed is None
 
     def reset_parameters(self) -> None:
         """DiT-style init: xavier linears, zero adaLN gates and head, so an untrained model is the residual upsampler."""
@@ -340,16 +380,64 @@ class VSRDiT(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
-        for blk in self.blocks:
-            nn.init.zeros_(blk.adaln.weight)
-            nn.init.zeros_(blk.adaln.bias)
-        nn.init.zeros_(self.adaln_out.weight)
-        nn.init.zeros_(self.adaln_out.bias)
+        for layer in [blk.adaln for blk in self.blocks] + [self.adaln_out]:
+            if layer is not None:  # folded: the zero vectors are already the zero-init output
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
         for conv in self.local:
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
+
+    def timestep_condition(self, batch: int, dtype: torch.dtype) -> torch.Tensor | None:
+        """(batch, dim) embedding of the fixed timestep, the adaLN layers' input (None once folded)."""
+        if self.folded:
+            return None
+        return self.t_embed(timestep_embedding(self.timestep.expand(batch), 256).to(dtype))
+
+    def head_shift_scale(self, cond: torch.Tensor | None) -> torch.Tensor:
+        """(B, 2*dim) modulation of the output head, or (1, 2*dim) stored once folded."""
+        if self.adaln_out is None:
+            return self.modulation_out[None]
+        return self.adaln_out(F.silu(cond))
+
+    @torch.no_grad()
+    def constant_modulation(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Every block's (6*dim,) adaLN output and the head's (2*dim,), in float32.
+
+        Float32 with the same operations as the unfolded forward, not float64: a float32 model then
+        gets the very same vectors, so its output is unchanged bit for bit. That matters for
+        W4A4: a one-ulp change of a modulation moves some activation roundings, and those cascade
+        into output changes as large as the quantization error itself."""
+        lin1, _, lin2 = self.t_embed
+        emb = timestep_embedding(self.timestep, 256)
+        cond = F.silu(_linear32(lin2, F.silu(_linear32(lin1, emb))))  # adaLN input: silu(t_embed(emb))
+        return [_linear32(blk.adaln, cond)[0] for blk in self.blocks], _linear32(self.adaln_out, cond)[0]
+
+    @torch.no_grad()
+    def fold_modulation_(self) -> "VSRDiT":
+        """Store the constant adaLN outputs (in each replaced layer's dtype) and drop t_embed and the
+        adaLN linears, in place. The output is unchanged (bit for bit for one float32 clip). For
+        inference only: the stored vectors are buffers, not trained."""
+        if self.folded:
+            return self
+        blocks, head = self.constant_modulation()
+        for blk, vec in zip(self.blocks, blocks):
+            blk.modulation = vec.to(_dtype_of(blk.adaln))
+            blk.adaln = None
+        self.modulation_out = head.to(_dtype_of(self.adaln_out))
+        self.adaln_out = None
+        self.t_embed = None
+        return self
+
+    @property
+    def exact_tensor_names(self) -> list[str]:
+        """State-dict keys a checkpoint keeps in their own dtype (vsrq.quant.checkpoint.write_checkpoint):
+        the folded vectors, 6*dim numbers a block, which rounded to 16 bits would move W4A4 roundings."""
+        if not self.folded:
+            return []
+        return [f"blocks.{i}.modulation" for i in range(len(self.blocks))] + ["modulation_out"]
 
     def _local_mix(self, hidden: torch.Tensor, i: int) -> torch.Tensor:
         """hidden (B, Tt, Ht, Wt, C) plus the i-th depthwise convolution of it (identity without local_conv)."""
@@ -383,7 +471,7 @@ class VSRDiT(nn.Module):
         tokens = tokens.permute(0, 2, 4, 6, 3, 5, 7, 1).reshape(b, grid[0] * grid[1] * grid[2], pt * ph * pw * ch)
         hidden = self.patch_embed(tokens * 2 - 1).view(b, *grid, c.dim)
 
-        cond = self.t_embed(timestep_embedding(self.timestep.expand(b), 256).to(hidden.dtype))
+        cond = self.timestep_condition(b, hidden.dtype)
         layouts = [WindowLayout.make(grid, c.window, shifted, c.head_dim, c.rope_theta, x.device) for shifted in (False, True)]
         layouts = [lay.with_dtype(hidden.dtype) for lay in layouts]
         for i, blk in enumerate(self.blocks):
@@ -391,7 +479,7 @@ class VSRDiT(nn.Module):
             hidden = layout.merge(blk(layout.partition(self._local_mix(hidden, i)), cond, layout))
         hidden = self._local_mix(hidden, c.depth).reshape(b, -1, c.dim)
 
-        shift, scale = self.adaln_out(F.silu(cond)).chunk(2, dim=-1)
+        shift, scale = self.head_shift_scale(cond).chunk(2, dim=-1)
         out = self.head(modulate(self.norm_out(hidden), shift, scale))
         s = c.scale
         out = out.view(b, *grid, pt, ph, pw, 3, s, s)

@@ -2,12 +2,15 @@
 
 Our checkpoints carry their architecture and config in the safetensors metadata (keys
 `vsrq.arch`, `vsrq.config`, `vsrq.precision`), so `--model some/file.safetensors` works without a
-registry entry; a registry entry's config, when given, must agree with the file's.
+registry entry; a registry entry's config, when given, must agree with the file's. Variants of an
+architecture that change its tensors (a DiT with folded adaLN modulation) are told apart by the
+state dict's keys, spandrel-style, so files written before a variant existed still load.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -17,24 +20,25 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from vsrq.errors import ModelError
-from vsrq.models.dit import DiTConfig, VSRDiT
+from vsrq.models.dit import DiTConfig, VSRDiT, state_is_folded
 from vsrq.models.registry import ModelSpec, load_registry, resolve_weights
-from vsrq.quant.checkpoint import install_quantized, quant_report, quantized_layer_names, write_checkpoint
+from vsrq.quant.checkpoint import FOLDED_META, install_quantized, quant_report, quantized_layer_names, write_checkpoint
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """How to build one family of networks from a config dict."""
+    """How to build one family of networks from a config dict and, when loading, the checkpoint's
+    tensor names (which pick the variant the file holds; none: the trainable form)."""
 
     name: str
-    build: Callable[[dict], nn.Module]
+    build: Callable[[dict, Collection[str]], nn.Module]
     config_of: Callable[[nn.Module], dict]
 
 
 ARCHITECTURES: dict[str, Architecture] = {
     "vsrq-dit": Architecture(
         "vsrq-dit",
-        build=lambda cfg: VSRDiT(DiTConfig.from_dict(cfg)),
+        build=lambda cfg, keys=(): VSRDiT(DiTConfig.from_dict(cfg), folded=state_is_folded(keys)),
         config_of=lambda model: model.config.to_dict(),
     ),
 }
@@ -68,9 +72,12 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
     return tensors, meta
 
 
+FLOAT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
 def save_checkpoint(module: nn.Module, path: Path, *, arch: str, precision: str, extra_meta: dict[str, str] | None = None) -> None:
     """Write a float model's weights in `precision` with the metadata `read_checkpoint` needs, atomically."""
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}.get(precision)
+    dtype = FLOAT_DTYPES.get(precision)
     write_checkpoint(module, path, arch=arch, config=ARCHITECTURES[arch].config_of(module), precision=precision,
                      float_dtype=dtype, extra_meta=extra_meta)
 
@@ -103,9 +110,11 @@ def build_from_checkpoint(name: str, path: Path, spec: ModelSpec | None = None) 
         raise ModelError(f"{path}: config disagrees with registry entry {name!r}: {', '.join(bad)}")
     precision = meta.get("vsrq.precision") or (spec.precision if spec else "fp32")
     try:
-        module = ARCHITECTURES[arch].build(config)
+        module = ARCHITECTURES[arch].build(config, tensors.keys())
     except (TypeError, ValueError) as exc:
         raise ModelError(f"{path}: bad {arch} config: {exc}") from exc
+    if meta.get(FOLDED_META) and not getattr(module, "folded", False):
+        raise ModelError(f"{path}: its metadata says the {meta[FOLDED_META]} modulation is folded, but it holds no folded vectors (damaged file)")
     if quantized_layer_names(tensors):
         install_quantized(module, tensors)
     elif precision in ("w4a4", "w8a8"):
@@ -126,6 +135,21 @@ def build_from_checkpoint(name: str, path: Path, spec: ModelSpec | None = None) 
         raise ModelError(f"{path}: tensors do not match a {arch} model with this config: {'; '.join(parts)}")
     module.load_state_dict({k: v.float() if v.is_floating_point() and expected[k].is_floating_point() and expected[k].dtype == torch.float32 else v for k, v in tensors.items()})
     return LoadedModel(name=name, module=module.eval(), precision=precision, weights_path=path, quant=quant_report(meta))
+
+
+def fold_checkpoint(src: Path, dst: Path) -> LoadedModel:
+    """Re-write a checkpoint with its constant adaLN modulation folded (docs/FORMAT.md), e.g. one
+    written before `vsrq quantize` folded. Every other tensor keeps its stored form and dtype
+    (quantized files' 16-bit layers fp16, as `save_quantized` writes them), the metadata is kept
+    (the writer stamps its own `vsrq.version`). Returns the folded model."""
+    loaded = build_from_checkpoint(src.stem, src)
+    with safe_open(str(src), framework="pt", device="cpu") as fh:
+        meta = dict(fh.metadata() or {})
+    module = loaded.module.fold_modulation_()
+    kept = {k: v for k, v in meta.items() if k not in {"vsrq.arch", "vsrq.config", "vsrq.precision", "vsrq.version"}}
+    write_checkpoint(module, dst, arch=module.arch, config=json.loads(meta["vsrq.config"]), precision=loaded.precision,
+                     float_dtype=FLOAT_DTYPES.get(loaded.precision, torch.float16), extra_meta=kept)
+    return loaded
 
 
 def load_model(name_or_path: str | None) -> LoadedModel:

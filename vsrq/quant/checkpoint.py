@@ -4,7 +4,8 @@ Quantized layers are stored as their QuantLinear buffers (packed int4 `qweight`,
 optional `wzero`, `smooth`, `lora_down`/`lora_up`, `bias`, `bias_align` and the `qmeta`
 config vector) under the layer's name; every other tensor is the float model's own. The file's
 metadata carries the architecture, model config, precision and the quantization report
-(recipe, per-layer choices, calibration summary). Layout: docs/FORMAT.md.
+(recipe, per-layer choices, calibration summary), and `vsrq.folded` when the model's constant
+adaLN modulation is stored folded. Layout: docs/FORMAT.md.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from torch import nn
 from vsrq.errors import ModelError
 from vsrq.io.output_path import publish
 from vsrq.quant.qlinear import QuantLinear
+
+
+FOLDED_META = "vsrq.folded"  # metadata key; value: what was folded ("adaln")
 
 
 def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -57,20 +61,24 @@ def quant_report(meta: dict[str, str]) -> dict:
 def write_checkpoint(model: nn.Module, path: Path, *, arch: str, config: dict, precision: str,
                      float_dtype: torch.dtype | None, extra_meta: dict[str, str] | None = None) -> None:
     """Write any vsrq model atomically: float tensors in `float_dtype` (None keeps them), the
-    buffers of QuantLinears exactly as they are, and the metadata `read_checkpoint` needs."""
+    buffers of QuantLinears and the tensors the model names in `exact_tensor_names` (folded
+    constants) exactly as they are, and the metadata `read_checkpoint` needs."""
     from safetensors.torch import save_file
 
     import vsrq
 
     quant_prefixes = tuple(n + "." for n, m in model.named_modules() if isinstance(m, QuantLinear))
+    exact = set(getattr(model, "exact_tensor_names", ()))
     tensors = {}
     for k, v in model.state_dict().items():
         v = v.detach().cpu()
-        if float_dtype is not None and v.is_floating_point() and not (quant_prefixes and k.startswith(quant_prefixes)):
+        if float_dtype is not None and v.is_floating_point() and k not in exact and not (quant_prefixes and k.startswith(quant_prefixes)):
             v = v.to(float_dtype)
         tensors[k] = v.contiguous()
     meta = {"vsrq.arch": arch, "vsrq.config": json.dumps(config), "vsrq.precision": precision,
             "vsrq.version": vsrq.__version__, **(extra_meta or {})}
+    if getattr(model, "folded", False):  # readers tell a folded model by its keys; this says so to people
+        meta[FOLDED_META] = "adaln"
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:

@@ -49,6 +49,22 @@ class QuantResult:
         }
 
 
+def fold_constants(model: nn.Module) -> nn.Module:
+    """Fold a model's constant adaLN modulation into stored vectors, in place (models without one
+    are returned as they are).
+
+    This runs before calibration, not after quantization: the fold is exact and removes the
+    layers, so the vectors cost the same few numbers whatever precision the layers had, and a
+    quantized adaLN would only add error to them. Folding first also means calibration, the
+    mixed-precision sensitivity and refinement never see those layers (whatever `keep` says),
+    and the low-bit layers are fitted to the same modulation the checkpoint stores.
+    """
+    fold = getattr(model, "fold_modulation_", None)
+    if fold is not None:
+        fold()
+    return model
+
+
 def quantize_model(
     model: nn.Module,
     recipe: Recipe,
@@ -58,6 +74,8 @@ def quantize_model(
     """Quantize a copy of `model` (float, eval mode) with `recipe`, calibrated on `clips` (1, 3, T, H, W)."""
     torch.manual_seed(recipe.seed)
     model = copy.deepcopy(model).float().eval()
+    if recipe.fold_modulation:
+        fold_constants(model)
     # [refine] gradient refinement needs the FP model and re-reads the clips after calibration
     refining = bool(recipe.refine) or recipe.bias_align == "learn"
     fp_model = copy.deepcopy(model) if refining else None

@@ -51,6 +51,9 @@ class Recipe:
     mixed_budget: float = 0.0  # 0 = off
     mixed_bits: int = 8
     keep: tuple[str, ...] = DEFAULT_KEEP  # name fragments of layers left in 16-bit
+    # Fold the constant adaLN modulation into stored vectors before anything else (exact; removes
+    # the timestep MLP and adaLN layers, a third of a DiT block's weights; docs/FORMAT.md)
+    fold_modulation: bool = True
     calib_tokens: int = 4096  # tokens sampled per layer and calibration clip
     seed: int = 0
     extra: dict = field(default_factory=dict)
