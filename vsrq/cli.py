@@ -6,12 +6,15 @@ only with VSRQ_DEBUG=1.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging
 import os
+import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Literal, Optional
 
 import typer
 
@@ -31,11 +34,40 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def warn(message: str) -> None:
+    """A one-line warning on stderr; the job goes on."""
+    typer.echo(f"vsrq: warning: {message}", err=True)
+
+
+class _WarningLines(logging.Handler):
+    """vsrq's log warnings as `vsrq: warning:` lines, each distinct message once per run."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage().splitlines()[0] if record.getMessage() else ""
+        if message and message not in self.seen:
+            self.seen.add(message)
+            warn(message)
+
+
+def _install_warning_lines() -> None:
+    logger = logging.getLogger("vsrq")
+    for handler in list(logger.handlers):
+        if isinstance(handler, _WarningLines):
+            logger.removeHandler(handler)
+    logger.addHandler(_WarningLines())
+    logger.propagate = False
+
+
 def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn our errors, Ctrl-C and unexpected crashes into one line and an exit code."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _install_warning_lines()
         try:
             return fn(*args, **kwargs)
         except typer.Exit:
@@ -58,26 +90,30 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 @app.command()
 @friendly_errors
 def upscale(
-    input: Path = typer.Argument(..., help="Input video file."),
-    output: Path = typer.Argument(..., help="Output video file (written atomically)."),
+    input: Path = typer.Argument(..., help="Input video file, or a folder of videos (batch)."),
+    output: Path = typer.Argument(..., help="Output video file (written atomically), or a folder for a batch."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Registry name or path to a .safetensors checkpoint. Default: the registry's default."),
     scale: Optional[float] = typer.Option(None, "--scale", "-s", help="Output scale; default: the model's native scale. Other values resize the model's output."),
     device: str = typer.Option("auto", "--device", "-d", help="auto, cpu, cuda or cuda:N."),
     chunk: int = typer.Option(8, "--chunk", help="Frames per temporal chunk."),
     overlap: int = typer.Option(2, "--overlap", help="Frames shared by consecutive chunks (cross-faded); at most chunk/2."),
-    tile: int = typer.Option(0, "--tile", "-t", help="Tile size in input pixels; 0 = whole frames."),
+    tile: int = typer.Option(0, "--tile", "-t", help="Tile size in input pixels; 0 = whole frames (halved automatically on out-of-memory)."),
     tile_overlap: int = typer.Option(16, "--tile-overlap", help="Input pixels shared by neighbouring tiles."),
     batch: int = typer.Option(1, "--batch", help="Tiles per forward pass."),
     codec: str = typer.Option("libx264", "--codec", "-c", help="Video encoder: libx264, libx265, libsvtav1, ffv1, h264_nvenc, hevc_nvenc."),
     crf: Optional[int] = typer.Option(18, "--crf", help="Constant rate factor (quality; lower is better)."),
     preset: Optional[str] = typer.Option("medium", "--preset", help="Encoder speed preset."),
     pix_fmt: Optional[str] = typer.Option(None, "--pix-fmt", help="Output pixel format; default yuv420p, or 10-bit for 10-bit input."),
-    overwrite: bool = typer.Option(False, "--overwrite", "-y", help="Replace an existing output file."),
+    overwrite: bool = typer.Option(False, "--overwrite", "-y", help="Replace an existing output file (and discard an unfinished job)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted job after its last complete segment."),
+    space_check: bool = typer.Option(True, "--space-check/--no-space-check", help="Refuse to start when the output would not fit on the disk."),
+    segment_frames: int = typer.Option(240, "--segment-frames", hidden=True, help="Output frames per resumable segment."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    on_error: Literal["stop", "skip"] = typer.Option("stop", "--on-error", help="Damaged input (corrupt packets, truncated file): stop with an error naming the frame, or skip the damage, upscale what is readable and warn what was lost."),
 ) -> None:
-    """Upscale a video with a one-step DiT VSR model; audio and subtitles are copied unchanged."""
+    """Upscale a video (or every video in a folder) with a one-step DiT VSR model; audio and subtitles are copied unchanged."""
     from vsrq.models.loader import load_model
-    from vsrq.pipeline.upscale import EncodeOptions, UpscaleOptions, upscale_file
+    from vsrq.pipeline.upscale import EncodeOptions, UpscaleOptions
 
     if chunk < 1 or overlap < 0 or 2 * overlap > chunk:
         fail(f"--overlap must be between 0 and half of --chunk ({chunk // 2}); got --chunk {chunk} --overlap {overlap}", 2)
@@ -85,24 +121,106 @@ def upscale(
         fail("--tile must be 0 or larger than --tile-overlap", 2)
     if batch < 1:
         fail("--batch must be at least 1", 2)
+    if segment_frames < 1:
+        fail("--segment-frames must be at least 1", 2)
     if scale is not None and not 0 < scale <= 16:
         fail(f"--scale must be in (0, 16], got {scale}", 2)
+    opts = UpscaleOptions(chunk=chunk, overlap=overlap, tile=tile, tile_overlap=tile_overlap, outscale=scale,
+                          device=device, batch=batch, segment_frames=segment_frames, on_error=on_error)
+    enc = EncodeOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, overwrite=overwrite)
+    if input.is_dir():
+        jobs = _batch_jobs(input, output, overwrite)
+        loaded = load_model(model)
+        _run_batch(jobs, loaded, opts, enc, resume, space_check, quiet)
+        return
     _check_paths(input, output, overwrite)
     loaded = load_model(model)
-    report = upscale_file(
-        input,
-        output,
-        loaded,
-        UpscaleOptions(chunk=chunk, overlap=overlap, tile=tile, tile_overlap=tile_overlap, outscale=scale, device=device, batch=batch),
-        EncodeOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, overwrite=overwrite),
-        progress=not quiet,
-    )
+    _upscale_one(input, output, loaded, opts, enc, resume, space_check, quiet)
+
+
+def _upscale_one(input: Path, output: Path, loaded: Any, opts: Any, enc: Any, resume: bool, space_check: bool,
+                 quiet: bool) -> None:
+    from vsrq.pipeline.upscale import upscale_file
+
+    with _sigterm_as_interrupt():
+        report = upscale_file(input, output, loaded, opts, enc, progress=not quiet, resume=resume,
+                              check_space=space_check, on_warning=warn)
     if not quiet:
         typer.echo(
             f"wrote {output} ({report.width}x{report.height}, {report.frames} frames, "
             f"{report.fps:.2f} frames/s on {report.device}, model {loaded.name} [{loaded.precision}])",
             err=True,
         )
+
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".m4v", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".flv", ".wmv",
+                  ".mpg", ".mpeg", ".3gp", ".y4m", ".ogv")
+BATCH_OUT_SUFFIXES = (".mp4", ".mkv", ".mov", ".m4v")  # the others become .mkv (any codec fits)
+
+
+def _batch_jobs(folder: Path, out_dir: Path, overwrite: bool) -> list[tuple[Path, Path]]:
+    """(input, output) pairs for every video in `folder` (not recursive, sorted by name)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        fail(f"output {out_dir} is a file; a folder input needs an output folder")
+    if out_dir.resolve() == folder.resolve():
+        fail("the output folder is the input folder; choose another one")
+    inputs = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                    and p.suffix.lower() in VIDEO_SUFFIXES)
+    if not inputs:
+        fail(f"{folder} holds no video files ({', '.join(VIDEO_SUFFIXES)})")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        fail(f"cannot create the output folder {out_dir} ({err.strerror or err})")
+    suffix = lambda p: p.suffix if p.suffix.lower() in BATCH_OUT_SUFFIXES else ".mkv"  # noqa: E731
+    return [(p, out_dir / (p.stem + suffix(p))) for p in inputs]
+
+
+def _run_batch(jobs: list[tuple[Path, Path]], loaded: Any, opts: Any, enc: Any, resume: bool, space_check: bool,
+               quiet: bool) -> None:
+    """Every file in turn; a bad file is reported and skipped; the exit code says if any failed."""
+    from vsrq.pipeline.journal import work_dir_for
+
+    done, skipped, failed = 0, 0, []
+    for src, dst in jobs:
+        unfinished = Path(work_dir_for(str(dst.resolve()))).is_dir()
+        if dst.exists() and not enc.overwrite and not unfinished:
+            skipped += 1
+            if not quiet:
+                typer.echo(f"vsrq: skip {src.name}: {dst} exists", err=True)
+            continue
+        try:
+            _upscale_one(src, dst, loaded, opts, enc, resume, space_check, quiet)
+            done += 1
+        except VsrqError as exc:
+            if exc.exit_code == 130:
+                raise
+            failed.append(src.name)
+            typer.echo(f"vsrq: error: {exc}", err=True)
+    summary = f"batch: {done} upscaled, {skipped} skipped (output exists), {len(failed)} failed"
+    if failed:
+        fail(f"{summary}: {', '.join(failed)}")
+    typer.echo(f"vsrq: {summary}", err=True)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (shutdown, `kill`) takes the same clean path as Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    def handler(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. inside a test runner's worker): leave it alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _check_paths(input: Path, output: Path, overwrite: bool) -> None:

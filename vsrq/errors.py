@@ -21,6 +21,12 @@ class ModelError(VsrqError):
     """The model cannot be resolved, downloaded, verified or loaded."""
 
 
+class Interrupted(VsrqError):
+    """The user stopped the job (Ctrl-C, SIGTERM); the message says what was kept and how to go on."""
+
+    exit_code = 130
+
+
 class NotAvailableError(VsrqError):
     """A feature that exists in the CLI but is not implemented yet; says so instead of faking output."""
 

@@ -48,3 +48,16 @@ def static_clip(path: Path, frames: int = 20, size: tuple[int, int] = (48, 32)) 
         for t in range(frames):
             w.write(img, t)
     return path
+
+
+@pytest.fixture(scope="session")
+def short_bbb(small_bbb, tmp_path_factory) -> Path:
+    """The first 40 frames of small_bbb (64x36) with its AAC audio: long enough for 5 segments of 8."""
+    out = tmp_path_factory.mktemp("media") / "bbb_40f.mp4"
+    info = probe(small_bbb)
+    with VideoReader(small_bbb) as reader, VideoWriter(out, width=64, height=36, fps=info.fps, time_base=info.time_base, source=info, crf=12) as writer:
+        for frame in reader.frames():
+            if frame.index >= 40:
+                break
+            writer.write(frame.image, frame.pts, frame.duration)
+    return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 
 from vsrq.errors import OutputError
@@ -73,3 +74,20 @@ def publish(temp: str, target: str) -> None:
         os.replace(temp, target)
     except OSError as err:
         raise OutputError(f"{target}: cannot move the finished file into place ({err.strerror or err})") from None
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def check_free_space(target: str, needed: int) -> None:
+    """Refuse to start a job whose output (by a high estimate) cannot fit beside the target."""
+    directory = os.path.dirname(os.path.abspath(target))
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return  # cannot tell (some network filesystems); writing will report a full disk itself
+    if needed > free:
+        raise OutputError(f"{target}: not enough free space in {directory}: the job needs about {_gib(needed)} "
+                          f"(segments and the final file), {_gib(free)} free; free some space, write elsewhere, "
+                          "or pass --no-space-check")

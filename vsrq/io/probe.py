@@ -6,27 +6,39 @@ collected here once, so the writer can be configured from a single `VideoInfo`.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
+import stat
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Iterator
 
 import av
 import av.container
+import av.logging
 import av.stream
 import av.video.stream
 
 from vsrq.errors import InputError
 from vsrq.io import colour
 
-log = logging.getLogger(__name__)
-
 # How many packets probe() may demux while looking for the first picture (rotation and the
 # real pixel format live on decoded frames); generous for long GOPs with leading junk.
 _MAX_PROBE_PACKETS = 2000
 _HMS = re.compile(r"^(\d+):(\d+):(\d+(?:\.\d+)?)$")
+
+# Largest input vsrq accepts, checked on the header before a frame is decoded (a hostile header can
+# claim a picture of hundreds of megabytes that FFmpeg would allocate). A side over 16384 px can
+# never give an output: the encoders vsrq offers stop there (libx264 fails to open at 16386 px,
+# SVT-AV1 says "Source Width must be less than or equal to 16384"). The area limit is the largest
+# frame any H.264 or HEVC level defines (8192x4352, level 6.2); even its x4 output is past what the
+# encoders take, so nothing larger is worth decoding.
+MAX_SIDE = 16384
+MAX_PIXELS = 8192 * 4352
+# AVFieldOrder values that mean interlaced, by the field shown first (TT, BB, TB, BT: coded, then
+# displayed first); 0 is unknown, 1 progressive.
+_INTERLACED_FIELD_ORDERS = {2: "top field first", 3: "bottom field first", 4: "bottom field first",
+                            5: "top field first"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,9 @@ class VideoInfo:
     colorspace: int | None  # AVColorSpace (the YUV matrix)
     audio_streams: tuple[int, ...] = ()  # container stream indices
     subtitle_streams: tuple[int, ...] = ()
+    # What the user should be told about this input (interlaced, alpha dropped, guessed rate);
+    # probe() only collects them, the reader logs them once, so probing twice never repeats one.
+    notes: tuple[str, ...] = ()
 
     @property
     def num_audio_streams(self) -> int:
@@ -81,55 +96,107 @@ def describe_error(err: BaseException) -> str:
     return " ".join(str(text).split())
 
 
-def open_input(path: str | os.PathLike[str]) -> av.container.InputContainer:
-    """Open a media file for reading, turning every failure into a one-line InputError."""
-    p = os.fspath(path)
-    if not os.path.exists(p):
-        raise InputError(f"{p}: file not found")
-    if os.path.isdir(p):
+def quiet_ffmpeg() -> None:
+    """Keep FFmpeg's own log lines off stderr, where only vsrq's one-line messages belong.
+
+    VSRQ_DEBUG=1 leaves whatever level was set, so FFmpeg's view can still be seen."""
+    if not os.environ.get("VSRQ_DEBUG"):
+        av.logging.set_level(None)
+
+
+def _check_is_file(p: str) -> None:
+    """One-line reasons for paths that are not regular files; a FIFO would block av.open forever."""
+    try:
+        mode = os.stat(p).st_mode
+    except FileNotFoundError:
+        raise InputError(f"{p}: file not found") from None
+    except OSError as err:
+        raise InputError(f"{p}: cannot be read ({describe_error(err)})") from None
+    if stat.S_ISDIR(mode):
         raise InputError(f"{p}: is a directory, not a video file")
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{p}: is not a regular file (a pipe, device or socket); save the video to a file first")
     if not os.access(p, os.R_OK):
         raise InputError(f"{p}: permission denied")
     if os.path.getsize(p) == 0:
         raise InputError(f"{p}: file is empty")
+
+
+def open_input(path: str | os.PathLike[str]) -> av.container.InputContainer:
+    """Open a media file for reading, turning every failure into a one-line InputError."""
+    p = os.fspath(path)
+    _check_is_file(p)
+    quiet_ffmpeg()
     try:
         return av.open(p, mode="r")
     except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as err:
         raise InputError(f"{p}: not a readable media file, or truncated ({describe_error(err)})") from None
 
 
+def check_size(width: int, height: int, path: str) -> None:
+    """InputError for pictures past MAX_SIDE or MAX_PIXELS (see there why); 0 means "not known yet"."""
+    if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
+        raise InputError(f"{path}: picture size {width}x{height} is too large; vsrq takes at most "
+                         f"{MAX_SIDE} pixels on a side and {MAX_PIXELS / 1e6:.1f} megapixels (8192x4352)")
+
+
 def select_video_stream(container: av.container.InputContainer, path: str) -> av.video.stream.VideoStream:
-    """The main video stream: the first one that is not cover art (attached picture)."""
-    for stream in container.streams.video:
-        if stream.disposition & av.stream.Disposition.attached_pic:
-            continue
-        return stream
+    """The main video stream: the first one that is not cover art (attached picture) and can be decoded."""
+    candidates = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    for stream in candidates:
+        if stream.codec_context is not None:  # None: FFmpeg has no decoder for what the header names
+            return stream
+    if candidates:
+        raise InputError(f"{path}: no decoder for its video codec (an unsupported codec, or a damaged header)")
     raise InputError(f"{path}: no video stream (audio-only or data file)")
 
 
 def decode_first_frame(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
                        path: str) -> av.VideoFrame:
-    """First decodable picture; rotation and the true pixel format are only known from it."""
+    """First decodable picture; rotation and the true pixel format are only known from it.
+
+    Packets that fail to decode are passed over: whether damage is fatal is the reader's call
+    (--on-error), and it meets the same packets again with their position.
+    """
+    error: BaseException | None = None
     packets = 0
     try:
         for packet in container.demux(stream):
-            frames = stream.decode(packet)
+            try:
+                frames = stream.decode(packet)
+            except (av.FFmpegError, ValueError) as err:
+                error, frames = err, []
             if frames:
                 return frames[0]
             packets += 1
             if packets >= _MAX_PROBE_PACKETS:
                 break
     except (av.FFmpegError, OSError, ValueError) as err:
-        raise InputError(f"{path}: damaged or truncated video data before the first frame ({describe_error(err)})") from None
+        error = err
+    if error is not None:
+        raise InputError(f"{path}: damaged or truncated video data before the first frame ({describe_error(error)})")
     raise InputError(f"{path}: no video frames (the video stream is empty or undecodable)")
 
 
-def _fps(stream: av.video.stream.VideoStream, path: str) -> Fraction:
+def _fps(stream: av.video.stream.VideoStream) -> Fraction | None:
     for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
-        if rate:
+        if rate and rate > 0:
             return Fraction(rate)
-    log.warning("%s: frame rate unknown, assuming 25 fps", path)
-    return Fraction(25)
+    return None
+
+
+def _notes(path: str, stream: av.video.stream.VideoStream, first: av.VideoFrame, fps: Fraction | None) -> tuple[str, ...]:
+    """What is unusual about this input and what vsrq does about it, one line each."""
+    notes = []
+    if fps is None:
+        notes.append(f"{path}: frame rate unknown, assuming 25 fps")
+    field_order = _INTERLACED_FIELD_ORDERS.get(stream.codec_context.field_order)
+    if field_order or first.interlaced_frame:
+        notes.append(f"{path}: interlaced video ({field_order or 'field order unknown'}); frames are upscaled "
+                     "as they are, so combing stays: deinterlace first (e.g. ffmpeg -vf bwdif) for a clean result")
+    if any(c.is_alpha for c in first.format.components):
+        notes.append(f"{path}: the alpha channel (transparency) is dropped; the output is opaque")
+    return tuple(notes)
 
 
 def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
@@ -172,7 +239,10 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
         ctx = stream.codec_context
         if stream.time_base is None:
             raise InputError(f"{p}: video stream has no time base")
+        check_size(ctx.width, ctx.height, p)  # as declared: before a frame of that size is decoded
         first = decode_first_frame(container, stream, p)
+        check_size(first.width, first.height, p)
+        fps = _fps(stream)
         rotation = int(first.rotation or 0) % 360
         rotation = (round(rotation / 90) * 90) % 360  # display matrices can carry rounding noise
         coded_w, coded_h = first.width, first.height
@@ -188,7 +258,7 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
             coded_width=coded_w,
             coded_height=coded_h,
             rotation=rotation,
-            fps=_fps(stream, p),
+            fps=fps or Fraction(25),
             time_base=Fraction(stream.time_base),
             num_frames=stream.frames or None,
             duration=_duration(container, stream),
@@ -202,6 +272,7 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
             colorspace=colour.optional_tag(_tag(first.colorspace, ctx.colorspace), colour.SPACE_UNSPECIFIED),
             audio_streams=tuple(_streams_of_type(container, "audio")),
             subtitle_streams=tuple(_streams_of_type(container, "subtitle")),
+            notes=_notes(p, stream, first, fps),
         )
     finally:
         container.close()

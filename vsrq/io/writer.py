@@ -53,6 +53,7 @@ class VideoWriter:
         pix_fmt: str | None = None,
         overwrite: bool = False,
         sample_aspect_ratio: Fraction | None = None,
+        copy_streams: bool = True,
     ) -> None:
         self._temps: list[str] = []
         # Runs at garbage collection or interpreter exit if close()/abort() never did.
@@ -60,6 +61,9 @@ class VideoWriter:
         self.target = check_target(path, overwrite=overwrite, inputs=(source.path,) if source else ())
         self._overwrite = overwrite
         self.source = source
+        self._copy_streams = copy_streams
+        # (pts, dts, duration) in time_base, in mux (decode) order: the segment path puts them back exactly
+        self.packet_log: list[tuple[int | None, int | None, int | None]] = []
         if width <= 0 or height <= 0:
             raise OutputError(f"{self.target}: invalid output size {width}x{height}")
         if not fps or fps <= 0:
@@ -207,6 +211,8 @@ class VideoWriter:
             duration = self._durations.pop(packet.pts, None) if packet.pts is not None else None
             if duration:
                 packet.duration = duration  # encoders drop frame durations; the last one sets the file's length
+            if packet.size:
+                self.packet_log.append((packet.pts, packet.dts, packet.duration or None))
             try:
                 self._container.mux(packet)
             except (av.FFmpegError, OSError) as err:
@@ -224,9 +230,13 @@ class VideoWriter:
             self._mux(self._stream.encode(None))
             self._closed = True
             format_name = self._container.format.name
-            self._container.close()
+            try:
+                self._container.close()  # writes the trailer: a full disk can show up only here
+            except (av.FFmpegError, OSError) as err:
+                raise OutputError(f"{self.target}: writing failed ({describe_error(err)})") from None
             final = self._video_temp
-            companions = list(self.source.audio_streams + self.source.subtitle_streams) if self.source else []
+            companions = list(self.source.audio_streams + self.source.subtitle_streams) \
+                if self.source and self._copy_streams else []
             if companions:
                 final = make_temp_beside(self.target, "mux")
                 self._temps.append(final)

@@ -6,8 +6,9 @@ Memory stays constant with the video's length: one chunk of input frames, its ou
 
 from __future__ import annotations
 
+import logging
+import os
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -18,12 +19,18 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from vsrq.errors import VsrqError
-from vsrq.io import VideoReader, VideoWriter, probe
+from vsrq.errors import Interrupted, OutputError, VsrqError
+from vsrq.io import VideoInfo, VideoReader, VideoWriter, encoders, probe, segments
+from vsrq.io.output_path import check_free_space, check_target
+from vsrq.io.probe import MAX_SIDE
 from vsrq.models.loader import LoadedModel
+from vsrq.pipeline import faults
 from vsrq.pipeline.chunking import CrossFader, check_chunking, iter_chunks
 from vsrq.pipeline.device import pick_device, pick_dtype
+from vsrq.pipeline.journal import Journal
 from vsrq.pipeline.tiling import tiled_apply
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,8 @@ class UpscaleOptions:
     outscale: float | None = None
     device: str = "auto"
     batch: int = 1
+    segment_frames: int = 240  # output frames per resumable segment (a crash loses at most this many)
+    on_error: str = "stop"  # damaged input: "stop" with an error, or "skip" the damage (vsrq.io.reader)
 
 
 @dataclass(frozen=True)
@@ -88,9 +97,9 @@ def tensor_to_image(frame: torch.Tensor, high_depth: bool) -> np.ndarray:
 
 
 class ChunkUpscaler:
-    """Runs a model on (1, 3, T, H, W) chunks: device, dtype, tiling and output resizing."""
+    """Runs a model on (1, 3, T, H, W) chunks: device, dtype, tiling, output resizing, OOM retries."""
 
-    def __init__(self, model: LoadedModel, opts: UpscaleOptions) -> None:
+    def __init__(self, model: LoadedModel, opts: UpscaleOptions, on_warning: Callable[[str], None] | None = None) -> None:
         check_chunking(opts.chunk, opts.overlap)
         self.opts = opts
         self.device = pick_device(opts.device)
@@ -99,24 +108,50 @@ class ChunkUpscaler:
         self.scale = model.scale
         cfg = getattr(self.net, "config", None)
         self.align = int(cfg.pixel_align[1]) if cfg is not None else 1
+        self.tile = opts.tile  # shrinks, for the rest of the job, when a chunk runs out of memory
+        self._warn = on_warning or (lambda msg: log.warning("%s", msg))
 
     @torch.inference_mode()
     def __call__(self, chunk: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         """Upscale a chunk; returns (T, 3, H', W') float32 on the CPU, resized to `size` (w, h) if given."""
         x = chunk.to(self.device)
-        out = tiled_apply(
-            lambda t: self.net(t.to(self.dtype)).float(),
-            x,
-            scale=self.scale,
-            tile=self.opts.tile,
-            overlap=self.opts.tile_overlap,
-            align=self.align,
-            batch=self.opts.batch,
-        )
+        while True:
+            try:
+                out = self._run(x)
+                break
+            except (torch.OutOfMemoryError, MemoryError) as err:
+                self._shrink_tile(x, err)
         frames = out[0].transpose(0, 1)  # (T, 3, H, W)
         if size is not None and (frames.shape[-1], frames.shape[-2]) != size:
             frames = F.interpolate(frames, size=(size[1], size[0]), mode="bicubic", antialias=True, align_corners=False)
         return frames.cpu()
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        return tiled_apply(
+            lambda t: self.net(t.to(self.dtype)).float(),
+            x,
+            scale=self.scale,
+            tile=self.tile,
+            overlap=self.opts.tile_overlap,
+            align=self.align,
+            batch=self.opts.batch,
+        )
+
+    def _shrink_tile(self, x: torch.Tensor, err: BaseException) -> None:
+        """Halve the tile (the whole frame counts as one tile) or give up below the smallest useful one."""
+        del err  # frees the frames the failed forward still references through the traceback
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        current = self.tile if self.tile > 0 else max(x.shape[-2:])
+        smaller = max(self.align, (current // 2) // self.align * self.align)
+        if current <= MIN_TILE or smaller <= self.opts.tile_overlap:
+            raise VsrqError(f"out of memory on {self.device} even with --tile {current}; "
+                            "try a smaller --chunk, or --device cpu") from None
+        self.tile = max(smaller, MIN_TILE)
+        self._warn(f"out of memory on {self.device}; retrying this chunk with --tile {self.tile} (kept for the rest)")
+
+
+MIN_TILE = 32
 
 
 def upscale_clip(upscaler: ChunkUpscaler, clip: np.ndarray) -> np.ndarray:
@@ -129,6 +164,39 @@ def upscale_clip(upscaler: ChunkUpscaler, clip: np.ndarray) -> np.ndarray:
     return np.stack([tensor_to_image(f, high_depth=False) for f in torch.cat(out)])
 
 
+def job_fingerprint(info: VideoInfo, model: LoadedModel, opts: UpscaleOptions, enc: EncodeOptions,
+                    size: tuple[int, int]) -> dict:
+    """What must not change between a job and its resumption (device and batch only move rounding)."""
+    st = os.stat(info.path)
+    weights = str(model.weights_path)
+    return {
+        "input": {"path": os.path.abspath(info.path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns},
+        "model": {"name": model.name, "precision": model.precision, "weights": weights,
+                  "bytes": os.path.getsize(weights) if os.path.isfile(weights) else None},
+        "chunking": [opts.chunk, opts.overlap],
+        "tiling": [opts.tile, opts.tile_overlap],
+        "output size": list(size),
+        "encoder": [enc.codec, enc.crf, enc.preset, enc.pix_fmt],
+        "segment frames": opts.segment_frames,
+        "on error": opts.on_error,
+    }
+
+
+# bits per output pixel, generous: x264/x265/AV1 at CRF 18 on upscaled video stay well below
+# 0.3; lossless FFV1 of natural video needs about half of the raw 24 bits
+_BITS_PER_PIXEL = {"ffv1": 14.0}
+_LOSSY_BITS_PER_PIXEL = 0.35
+
+
+def estimate_output_bytes(info: VideoInfo, size: tuple[int, int], enc: EncodeOptions) -> int:
+    """A high estimate of the finished video's size, for the free-space check before a job starts."""
+    frames = info.estimated_num_frames or 0
+    bpp = _BITS_PER_PIXEL.get(enc.codec, _LOSSY_BITS_PER_PIXEL)
+    if enc.crf is not None and enc.crf < 18 and enc.codec not in _BITS_PER_PIXEL:
+        bpp *= 2 ** ((18 - enc.crf) / 6)  # about twice the bits for every 6 CRF steps
+    return int(frames * size[0] * size[1] * bpp / 8)
+
+
 def upscale_file(
     src: Path,
     dst: Path,
@@ -137,48 +205,137 @@ def upscale_file(
     enc: EncodeOptions = EncodeOptions(),
     progress: bool = True,
     on_frames: Callable[[int], None] | None = None,
+    resume: bool = False,
+    check_space: bool = True,
+    on_warning: Callable[[str], None] | None = None,
 ) -> UpscaleReport:
-    """Upscale one video file into another, atomically (the target appears only when complete)."""
+    """Upscale one video file into another, atomically and resumably.
+
+    The video is encoded as segments in a work directory beside the target (journal.py); the
+    target appears, by rename, only once every frame is in; after an interruption `resume=True`
+    continues after the last complete segment and gives the same frames as an uninterrupted run.
+    """
     info = probe(src)
     width, height = output_size(info.width, info.height, model.scale, opts.outscale)
-    upscaler = ChunkUpscaler(model, opts)
+    if max(width, height) > MAX_SIDE:
+        raise OutputError(f"{dst}: the output would be {width}x{height}, more than the {MAX_SIDE} pixels on a side "
+                          "that video encoders accept; choose a smaller --scale")
+    target = check_target(dst, overwrite=enc.overwrite, inputs=(info.path,))
+    encoders.check_encoder(enc.codec)
+    upscaler = ChunkUpscaler(model, opts, on_warning)
     high_depth = info.bit_depth > 8
     sar = info.sample_aspect_ratio if info.sample_aspect_ratio else Fraction(1)
+    fingerprint = job_fingerprint(info, model, opts, enc, (width, height))
     started = time.perf_counter()
-    written = 0
-    with VideoReader(src) as reader, VideoWriter(
-        dst,
-        width=width,
-        height=height,
-        fps=info.fps,
-        time_base=info.time_base,
-        source=info,
-        codec=enc.codec,
-        crf=enc.crf,
-        preset=enc.preset,
-        pix_fmt=enc.pix_fmt,
-        overwrite=enc.overwrite,
-        sample_aspect_ratio=sar,
-    ) as writer, tqdm(total=info.num_frames, unit="frame", disable=not progress, desc="upscale", dynamic_ncols=True) as bar:
+    journal = Journal.open(target, fingerprint, info.time_base, resume=resume, overwrite=enc.overwrite)
+    published = False
+    try:
+        if check_space:
+            total = info.estimated_num_frames or 0
+            left = 1.0 - min(1.0, journal.frames_done / total) if total else 1.0
+            # segments still to write, plus the joined file beside them before the segments go
+            check_free_space(target, int(estimate_output_bytes(info, (width, height), enc) * (1.0 + left)))
+        job = _SegmentedJob(journal, info, upscaler, enc, (width, height), sar, high_depth, on_frames)
+        if not journal.complete:
+            with tqdm(total=info.estimated_num_frames, initial=journal.frames_done, unit="frame", disable=not progress,
+                      desc="upscale", dynamic_ncols=True) as bar:
+                job.bar = bar
+                job.run()
+        segments.assemble(journal.segments(), info, target, overwrite=enc.overwrite)
+        published = True
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted; " + _saved_note(journal, "run the same command with --resume to continue")) from None
+    except OutputError as err:  # full disk, lost mount: the saved segments stay usable
+        raise OutputError(f"{err}; " + _saved_note(journal, "fix the cause and run the same command with --resume")) from None
+    finally:
+        if published or journal.frames_done == 0:
+            journal.remove()  # nothing worth keeping, or the output is published
+        else:
+            journal.close()
+    return UpscaleReport(frames=job.written - job.first_frame, seconds=time.perf_counter() - started,
+                         width=width, height=height, device=str(upscaler.device))
+
+
+def _saved_note(journal: Journal, how: str) -> str:
+    if journal.frames_done == 0:
+        return "no output was written"
+    return f"{journal.frames_done} frames are saved in {journal.work_dir}: {how}"
+
+
+class _SegmentedJob:
+    """The decode -> upscale -> cross-fade -> segment loop of one job (fresh or resumed)."""
+
+    def __init__(self, journal: Journal, info: VideoInfo, upscaler: ChunkUpscaler, enc: EncodeOptions,
+                 size: tuple[int, int], sar: Fraction, high_depth: bool, on_frames: Callable[[int], None] | None) -> None:
+        self.journal, self.info, self.upscaler, self.enc = journal, info, upscaler, enc
+        self.size, self.sar, self.high_depth, self.on_frames = size, sar, high_depth, on_frames
+        self.first_frame = journal.frames_done
+        self.written = journal.frames_done  # absolute index of the next output frame
+        self.segment_frames = upscaler.opts.segment_frames
+        self.writer: VideoWriter | None = None
+        self.segment_start = self.written
+        self.bar: tqdm | None = None
+        self.fault = faults.planned()
+
+    def run(self) -> None:
+        opts = self.upscaler.opts
+        skip_until = self.journal.chunks_done
+        # the chunk before the restart point is recomputed: its last `overlap` frames are the
+        # cross-fade partner of the first new chunk (its other frames are already in a segment)
+        recompute = skip_until - 1 if opts.overlap and skip_until else skip_until
+        pts_of: dict[int, int] = {}  # frame index -> pts, until the frame is written (the reader's pts increase)
         fader = CrossFader(opts.overlap)
-        pending_pts: deque[int | None] = deque()
-        queued = 0
+        try:
+            with VideoReader(self.info.path, on_error=opts.on_error) as reader:
+                chunks = 0
+                for ci, (start, chunk) in enumerate(iter_chunks(reader.frames(), opts.chunk, opts.overlap)):
+                    chunks = ci + 1
+                    for i, frame in enumerate(chunk):
+                        pts_of.setdefault(start + i, frame.pts)
+                    if ci < recompute:
+                        continue
+                    out = fader.push(start, self.upscaler(frames_to_tensor([f.image for f in chunk]), self.size))
+                    if ci < skip_until:
+                        continue  # frames already saved
+                    self._emit(out, pts_of)
+                    # only after a full chunk: its held-back frames are unblended, so recomputing
+                    # this one chunk on resume restores the cross-fade state exactly
+                    if len(chunk) == opts.chunk and self.written - self.segment_start >= self.segment_frames:
+                        self._close_segment(chunks)
+                self._emit(fader.flush(), pts_of)
+                self._close_segment(chunks)
+                self.journal.mark_complete()
+                self.fault.before_join()
+        finally:
+            if self.writer is not None:
+                self.writer.abort()
 
-        def emit(frames: torch.Tensor) -> None:
-            nonlocal written
-            for frame in frames:
-                writer.write(tensor_to_image(frame, high_depth), pending_pts.popleft())
-                written += 1
-            bar.update(len(frames))
-            if on_frames is not None:
-                on_frames(written)
+    def _emit(self, frames: torch.Tensor, pts_of: dict[int, int]) -> None:
+        for frame in frames:
+            if self.writer is None:
+                self._open_segment()
+            assert self.writer is not None
+            self.writer.write(tensor_to_image(frame, self.high_depth), pts_of.pop(self.written))
+            self.written += 1
+            self.fault.after_frame(self.written)
+        if self.bar is not None:
+            self.bar.update(len(frames))
+        if self.on_frames is not None:
+            self.on_frames(self.written)
 
-        for start, chunk in iter_chunks(reader.frames(), opts.chunk, opts.overlap):
-            for i, frame in enumerate(chunk):
-                if start + i >= queued:
-                    pending_pts.append(frame.pts)
-                    queued += 1
-            out = upscaler(frames_to_tensor([f.image for f in chunk]), (width, height))
-            emit(fader.push(start, out))
-        emit(fader.flush())
-    return UpscaleReport(frames=written, seconds=time.perf_counter() - started, width=width, height=height, device=str(upscaler.device))
+    def _open_segment(self) -> None:
+        w, h = self.size
+        self.segment_start = self.written
+        self.writer = VideoWriter(
+            self.journal.next_segment_path(), width=w, height=h, fps=self.info.fps, time_base=self.info.time_base,
+            source=self.info, codec=self.enc.codec, crf=self.enc.crf, preset=self.enc.preset, pix_fmt=self.enc.pix_fmt,
+            overwrite=True, sample_aspect_ratio=self.sar, copy_streams=False)
+
+    def _close_segment(self, chunks_done: int) -> None:
+        if self.writer is None:
+            return
+        writer, self.writer = self.writer, None
+        writer.close()
+        self.journal.commit(writer.target, self.segment_start, self.written - self.segment_start, chunks_done,
+                            writer.packet_log)
+        self.fault.after_segment(len(self.journal.state.segments))
