@@ -8,8 +8,15 @@ cuBLAS bf16 vs W8A8 vs W4A4 (act-quant + GEMM + low-rank r=32, and the GEMM alon
 DiT shapes, plus sweeps of GEMM implementations/configs and act-quant launch shapes.
 Prints a table (ms, TOPS, speedup vs bf16 measured in the same run, weight bytes) last.
 
-    python scripts/bench_kernels.py [--sweep] [--quick] [--out DIR]
+    python scripts/bench_kernels.py [--sweep] [--main-shapes] [--out DIR]
+    python scripts/bench_kernels.py --quick [--out DIR]     # act-quant focus, < 150 s on an H100
     TRITON_INTERPRET=1 python scripts/bench_kernels.py --sweep   # CPU dry run, tiny sizes
+
+``--quick``: only the activation-quantizer checks (reference vs single-pass vs two-pass
+kernel) and the act-quant timing rows: single-pass vs two-pass act-quant (smooth + r=32)
+at M=16384/4096, K=2560/3072, the W4A4 layer (K=N) built on each, and W4A4 through cuBLAS
+fp8 (``torch._scaled_mm`` on e4m3 operands holding the int4 values, row-wise scales), all
+with their ratio to cuBLAS bf16 ``F.linear`` timed in the same run.
 
 Timing never happens in tests; this script is the only place numbers come from.
 """
@@ -34,7 +41,7 @@ import triton  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
 from vsrq.kernels import qgemm as qg  # noqa: E402
-from vsrq.kernels.act_quant import act_quant  # noqa: E402
+from vsrq.kernels.act_quant import SINGLE_PASS_MAX_K, act_quant, row_configs, tuned_row_configs  # noqa: E402
 from vsrq.kernels.reference import act_quant_ref, qgemm_ref  # noqa: E402
 from vsrq.kernels.unpack import unpack_int4_to_int8  # noqa: E402
 from vsrq.quant.pack import pack_int4, quantize_weight  # noqa: E402
@@ -44,7 +51,7 @@ T0 = time.time()
 SMOKE = os.environ.get("TRITON_INTERPRET") == "1"  # --smoke: CPU interpreter dry run of this script
 DEV = "cpu" if SMOKE else "cuda"
 # --smoke maps every size to a small one of the same divisibility, to exercise all code paths fast
-_SMALL = {16384: 64, 12288: 512, 9216: 384, 4096: 64, 3072: 256, 3071: 47, 3000: 96, 1024: 128, 1000: 40,
+_SMALL = {16384: 64, 12288: 512, 9216: 384, 4096: 64, 3072: 256, 2560: 320, 3071: 47, 3000: 96, 1024: 128, 1000: 40,
           999: 31, 777: 37, 700: 70, 600: 30, 555: 23, 513: 33, 512: 128, 500: 50, 333: 33}
 LOG: list[str] = []
 RESULTS: list[dict] = []
@@ -192,8 +199,67 @@ def _qlinear_check(m: int, k: int, n: int, **kw) -> str:
     return f"vs ref {e:.1e}; quantization error vs fp32 linear {rel(y.float(), yf):.3f}"
 
 
-def correctness(quick: bool) -> None:
-    log("== correctness (GPU, fresh random inputs, poisoned outputs) ==")
+def _act_inputs(m: int, k: int, dtype=torch.bfloat16, r: int = 0, smooth: bool = False) -> tuple:
+    x = torch.randn(m, k, device=DEV, dtype=dtype) * 3
+    ld = (torch.randn(k, r, device=DEV) * 0.03).to(torch.bfloat16) if r else None
+    sm = torch.rand(k, device=DEV) + 0.5 if smooth else None
+    return x, ld, sm
+
+
+def _act_pair_check(m: int, k: int, dtype=torch.bfloat16, r: int = 0, smooth: bool = False, **kw) -> str:
+    """Single-pass kernel (forced) vs the reference and vs the two-pass kernel, same input."""
+    x, ld, sm = _act_inputs(m, k, dtype, r, smooth)
+    kw.update(lora_down=ld, smooth=sm)
+    poison = torch.full((m, k), -128, dtype=torch.int8, device=DEV)
+    one = act_quant(x, out_q=poison, single_pass=True, **kw)
+    two = act_quant(x, single_pass=False, **kw)
+    ref = act_quant_ref(x, **kw)
+    sync()
+    qmax = (1 << (kw.get("bits", 4) - 1)) - 1
+    assert int(one.q.min()) >= -qmax, "unwritten (poisoned) q"
+    out = []
+    for name, other in (("ref", ref), ("two-pass", two)):
+        d = (one.q.int() - other.q.int()).abs()
+        frac = float((d > 0).float().mean())
+        if kw.get("hadamard_block"):
+            assert int(d.max()) <= 1 and frac < 1e-3, f"q vs {name}: mismatch frac {frac}"
+        else:
+            assert int(d.max()) == 0, f"q vs {name}: {int((d > 0).sum())} differ"
+            assert torch.equal(one.scale, other.scale), f"scale vs {name}"
+            if other.rowsum is not None:
+                assert torch.equal(one.rowsum, other.rowsum), f"rowsum vs {name}"
+        part = f"{name}: q mismatch {frac:.1e}"
+        if ld is not None:
+            e = rel(one.lowrank.float(), other.lowrank.float())
+            assert e < 1e-2, f"lowrank vs {name} {e}"
+            part += f" lowrank {e:.1e}"
+        out.append(part)
+    return "; ".join(out)
+
+
+def _act_fp8_out_check(m: int, k: int) -> str:
+    """q written straight as float8_e4m3fn (the _scaled_mm operand) equals the int8 q."""
+    x, ld, sm = _act_inputs(m, k, r=32, smooth=True)
+    q8 = torch.full((m, k), float("nan"), device=DEV).to(torch.float8_e4m3fn)
+    a = act_quant(x, 4, smooth=sm, lora_down=ld, single_pass=True, out_q=q8)
+    b = act_quant(x, 4, smooth=sm, lora_down=ld, single_pass=True)
+    sync()
+    assert not torch.isnan(a.q.float()).any(), "unwritten (poisoned) q"
+    assert torch.equal(a.q.float(), b.q.float()) and torch.equal(a.scale, b.scale)
+    return "exact"
+
+
+def act_checks(quick: bool) -> None:
+    """Activation-quantizer checks of the auto path (single pass where it applies) vs the
+    reference. ``quick`` keeps one per kernel mode (each variant is a compile, seconds each);
+    the per-token modes are covered there by ``single_pass_checks`` against both paths."""
+    if quick:
+        check("act_quant b4 smooth+lora32 1000x3072", lambda: _act_check(S(1000), S(3072), bits=4, smooth=True, r=32))
+        check("act_quant b4 group64+rowsum 1000x3072",
+              lambda: _act_check(S(1000), S(3072), bits=4, group_size=64, rowsum_group=64))
+        check("act_quant b4 hadamard128+lora 1000x3072",
+              lambda: _act_check(S(1000), S(3072), bits=4, hadamard_block=128, r=32))
+        return
     for m, k in ((S(777), 200), (S(1000), S(3072))):
         check(f"act_quant b4 per-token {m}x{k}", lambda: _act_check(m, k, bits=4))
         check(f"act_quant b8 per-token {m}x{k}", lambda: _act_check(m, k, bits=8))
@@ -205,6 +271,30 @@ def correctness(quick: bool) -> None:
     check("act_quant b4 per-token rowsum 777x3072", lambda: _act_check(S(777), S(3072), bits=4, rowsum_group=0))
     check("act_quant fp16 in, lora", lambda: _act_check(S(333), S(512), bits=4, dtype=torch.float16, r=16))
     check("act_quant fp32 in, hadamard", lambda: _act_check(S(333), S(512), bits=4, dtype=torch.float32, hadamard_block=128))
+
+
+def single_pass_checks(quick: bool) -> None:
+    """The single-pass kernel forced, against the reference and the two-pass kernel."""
+    check("act_quant 1-pass b4 smooth+lora32 1000x3072",
+          lambda: _act_pair_check(S(1000), S(3072), bits=4, smooth=True, r=32))
+    check("act_quant 1-pass b4 smooth+lora32 999x2560",
+          lambda: _act_pair_check(S(999), S(2560), bits=4, smooth=True, r=32))
+    check("act_quant 1-pass b8 plain 777x4096", lambda: _act_pair_check(S(777), S(4096), bits=8))
+    check("act_quant 1-pass b3 smooth rowsum 555x200",
+          lambda: _act_pair_check(S(555), 200, bits=3, smooth=True, rowsum_group=0))
+    check("act_quant 1-pass b4 fp16 lora16 rowsum64 333x512",
+          lambda: _act_pair_check(S(333), S(512), dtype=torch.float16, bits=4, r=16, rowsum_group=64))
+    check("act_quant 1-pass b4 odd K lora 513x777", lambda: _act_pair_check(S(513), 777, bits=4, r=8))
+    if not quick:  # forced: unrolled Hadamard chunks compile slowly (minutes at K=3072)
+        check("act_quant 1-pass b4 hadamard64+lora 333x512",
+              lambda: _act_pair_check(S(333), S(512), bits=4, hadamard_block=64, r=16))
+    if SMOKE or capability() >= (8, 9):
+        check("act_quant 1-pass fp8 e4m3 q out 1000x3072", lambda: _act_fp8_out_check(S(1000), S(3072)))
+
+
+def correctness(quick: bool) -> None:
+    log("== correctness (GPU, fresh random inputs, poisoned outputs) ==")
+    act_checks(False)
 
     def unpack_check() -> str:
         q = torch.randint(-8, 8, (S(3071), S(3072)), device=DEV, dtype=torch.int8)
@@ -236,6 +326,7 @@ def correctness(quick: bool) -> None:
           lambda: _qlinear_check(S(999), S(1024), S(4096), bits=4, act_bits=4, group_size=64, symmetric=False,
                                  activation="gelu_tanh"))
     check("QuantLinear W8A8 4096x3072->3072", lambda: _qlinear_check(S(4096), S(3072), S(3072), bits=8, act_bits=8))
+    single_pass_checks(quick)  # last: a time-capped --checks-only run keeps the GEMM checks
 
 
 # ----------------------------------------------------------------------------- timing
@@ -379,10 +470,11 @@ def timing(shapes: list[tuple[int, int, int]], sweep: bool, budget_s: float) -> 
         row(shape, f"W4A4 GEMM only, no epilogue extras [{impl}]", t, L.ops(), t_bf16)
         t_unpack = bench(lambda: unpack_int4_to_int8(L.p4, k))
         row(shape, "int4->int8 weight unpack alone", t_unpack, L.ops(), t_bf16)
-        t_aq = bench(lambda: act_quant(L.x, 4, smooth=L.smooth, lora_down=L.ld))
-        row(shape, "act-quant alone (smooth + r32 down)", t_aq, L.ops(), t_bf16)
-        t_aq0 = bench(lambda: act_quant(L.x, 4))
-        row(shape, "act-quant alone (plain)", t_aq0, L.ops(), t_bf16)
+        for sp, tag in ((None, "auto"), (False, "two-pass")):
+            t_aq = bench(lambda: act_quant(L.x, 4, smooth=L.smooth, lora_down=L.ld, single_pass=sp))
+            row(shape, f"act-quant alone (smooth + r32 down) [{tag}]", t_aq, L.ops(), t_bf16)
+            t_aq0 = bench(lambda: act_quant(L.x, 4, single_pass=sp))
+            row(shape, f"act-quant alone (plain) [{tag}]", t_aq0, L.ops(), t_bf16)
         t_c = bench(lambda: w4a4_full(L, L.w4, impl, cfg))
         row(shape, f"W4A4 linear, cached int8 W [{impl}]", t_c, L.ops(), t_bf16, L.bytes_w4() * 2 / L.bytes_bf16())
         t_u = bench(lambda: w4a4_full(L, None, impl, cfg))
@@ -444,32 +536,202 @@ def timing(shapes: list[tuple[int, int, int]], sweep: bool, budget_s: float) -> 
             torch.cuda.empty_cache()
 
 
+# ----------------------------------------------------------------------------- quick mode
+
+QUICK_SHAPES = [(16384, 3072), (16384, 2560), (4096, 3072), (4096, 2560)]  # (M, K = N)
+
+
+def _quick_gemm() -> tuple[str, dict | None]:
+    """One fixed GEMM implementation/config for the quick rows, the same for both act-quant
+    paths: qgemm's own tuner would compile 12 variants per shape, over the time budget."""
+    if SMOKE:
+        return "ptr", None  # the interpreter's small default
+    arch = "sm90" if capability()[0] >= 9 else "sm80"
+    return ("tma" if arch == "sm90" else "ptr"), qg.gemm_configs(arch, False)[0]
+
+
+class QuickLayer:
+    """One K -> N=K linear layer: bf16 weights, int4 weights (int8 containers, per-channel
+    scales), smoothing, r=32 low-rank branch, and the e4m3 operands for cuBLAS fp8."""
+
+    def __init__(self, m: int, k: int, r: int = 32) -> None:
+        self.m, self.k, self.n = m, k, k
+        g = torch.Generator(device=DEV).manual_seed(m + 3 * k)
+        self.x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16, generator=g)
+        self.w = (torch.randn(k, k, device=DEV, generator=g) / math.sqrt(k)).to(torch.bfloat16)
+        self.bias = torch.randn(k, device=DEV, generator=g).to(torch.bfloat16)
+        self.bias32 = self.bias.float()
+        self.smooth = torch.rand(k, device=DEV, generator=g) + 0.5
+        self.ld = (torch.randn(k, r, device=DEV, generator=g) * 0.03).to(torch.bfloat16)
+        self.lu = (torch.randn(r, k, device=DEV, generator=g) * 0.03).to(torch.bfloat16)
+        self.w4, self.s4, _ = quantize_weight(self.w.float(), 4, None, True, torch.float16)
+        self.out = torch.empty(m, k, device=DEV, dtype=torch.bfloat16)
+        # cuBLAS fp8: e4m3 holds -8..7 exactly; row-wise scales (M, 1) x (1, N) in fp32
+        self.w8 = self.w4.to(torch.float8_e4m3fn)
+        self.sb = self.s4.float().reshape(1, -1).contiguous()
+        self.a8 = torch.empty(m, k, device=DEV, dtype=torch.float8_e4m3fn)
+
+    def ops(self) -> float:
+        return 2.0 * self.m * self.n * self.k
+
+    def act(self, single_pass: bool, out_q: torch.Tensor | None = None):
+        return act_quant(self.x, 4, smooth=self.smooth, lora_down=self.ld, single_pass=single_pass, out_q=out_q)
+
+    def w4a4(self, single_pass: bool, impl: str, cfg: dict | None) -> torch.Tensor:
+        """The W4A4 layer on our kernels: act-quant (smooth + r32 down) + GEMM (r32 up + bias)."""
+        aq = self.act(single_pass)
+        return qg.qgemm(aq.q, aq.scale, self.w4, self.s4, bias=self.bias32, lowrank=aq.lowrank, lora_up=self.lu,
+                        out=self.out, impl=impl, config=cfg)
+
+    def reference(self) -> torch.Tensor:
+        aq = act_quant_ref(self.x, 4, smooth=self.smooth, lora_down=self.ld)
+        return qgemm_ref(aq.q, aq.scale, self.w4, self.s4, bias=self.bias32, lowrank=aq.lowrank, lora_up=self.lu,
+                         out_dtype=torch.float32)
+
+
+class Fp8Path:
+    """W4A4 through cuBLAS fp8 (torch._scaled_mm): e4m3 operands holding the int4 values,
+    per-token scale_a (M, 1) and per-channel scale_b (1, N) in fp32, bf16 out, bias in
+    cuBLAS where this torch accepts it; the r=32 up-projection added by torch.addmm."""
+
+    def __init__(self, L: QuickLayer) -> None:
+        self.L = L
+        self.bias_in_mm = True
+        self.q_out_fp8 = True
+        aq = L.act(True)
+        self.a8, self.sa = aq.q.to(torch.float8_e4m3fn), aq.scale
+        try:
+            self.gemm(self.a8, self.sa)
+        except Exception as e:  # e.g. row-wise scaling without bias support in this torch
+            self.bias_in_mm = False
+            log(f"  _scaled_mm: bias= not usable with row-wise scales here ({type(e).__name__}: "
+                f"{str(e)[:160]}); bias added by a separate add_")
+            self.gemm(self.a8, self.sa)  # raises if _scaled_mm itself cannot run: no fp8 rows
+        try:
+            L.act(True, out_q=L.a8)
+        except Exception as e:
+            self.q_out_fp8 = False
+            log(f"  act-quant cannot write e4m3 q ({type(e).__name__}: {str(e)[:160]}); "
+                f"the fp8 layer row converts int8 q with .to() (an extra pass)")
+
+    def gemm(self, a8: torch.Tensor, sa: torch.Tensor) -> torch.Tensor:
+        L = self.L
+        y = torch._scaled_mm(a8, L.w8.t(), scale_a=sa, scale_b=L.sb, bias=L.bias if self.bias_in_mm else None,
+                             out_dtype=torch.bfloat16)
+        return y if self.bias_in_mm else y.add_(L.bias)
+
+    def layer(self) -> torch.Tensor:
+        """single-pass act-quant (e4m3 q) + _scaled_mm + low-rank up-projection (addmm)."""
+        L = self.L
+        if self.q_out_fp8:
+            aq = L.act(True, out_q=L.a8)
+            a8 = L.a8
+        else:
+            aq = L.act(True)
+            a8 = aq.q.to(torch.float8_e4m3fn)
+        return self.gemm(a8, aq.scale).addmm_(aq.lowrank, L.lu)
+
+
+def _fp8_checks(L: QuickLayer, f8: Fp8Path, shape: str) -> None:
+    """_scaled_mm on the int4 integers vs our reference GEMM on the same integers."""
+    def gemm_alone() -> str:
+        aq = L.act(True)
+        y = f8.gemm(aq.q.to(torch.float8_e4m3fn), aq.scale)
+        yr = qgemm_ref(aq.q, aq.scale, L.w4, L.s4, bias=L.bias32, out_dtype=torch.float32)
+        e = rel(y.float(), yr)
+        assert e < 1e-2, f"rel err {e:.2e}"
+        return f"rel err vs reference GEMM {e:.2e} (bf16 out)"
+
+    def layer() -> str:
+        e = rel(f8.layer().float(), L.reference())
+        assert e < 1e-2, f"rel err {e:.2e}"
+        return f"rel err vs reference layer {e:.2e}"
+
+    check(f"fp8 _scaled_mm W4A4 GEMM {shape}", gemm_alone)
+    check(f"fp8 layer (1-pass act + _scaled_mm + addmm) {shape}", layer)
+
+
+def _log_tuned(k: int) -> None:
+    for key, cfg in tuned_row_configs().items():
+        if key[3] == k:
+            log(f"  single-pass config tuned for M-bucket {key[2]} K={k}: {cfg}")
+
+
+def quick_timing() -> None:
+    """Act-quant single vs two pass, the W4A4 layer on each, and the cuBLAS fp8 route."""
+    impl, cfg = _quick_gemm()
+    log(f"== quick timing (GEMM for the layer rows: {impl} {cfg}; act-quant: smooth + r=32) ==")
+    for m, k in [(S(m), S(k)) for m, k in QUICK_SHAPES]:
+        shape = f"M={m} K=N={k}"
+        L = QuickLayer(m, k)
+        t_bf16 = bench(lambda: F.linear(L.x, L.w, L.bias))
+        row(shape, "cuBLAS bf16 (F.linear + bias)", t_bf16, L.ops(), t_bf16)
+        floor_ms = (m * k * 3) / 3.0e12 * 1e3
+        for sp, name in ((True, "single-pass"), (False, "two-pass")):
+            t = bench(lambda: L.act(sp))
+            row(shape, f"act-quant {name} (smooth + r32)", t, L.ops(), t_bf16)
+            log(f"  ({m * k * 3 / t / 1e6:.0f} GB/s of x read + q written; floor at 3 TB/s {floor_ms:.4f} ms)")
+        _log_tuned(k)
+        L.out.fill_(float("nan"))
+        e = rel(L.w4a4(True, impl, cfg).float(), L.reference())
+        log(f"CHECK {'ok  ' if e < 1e-2 else 'FAIL'} W4A4 layer, single-pass act, {shape}: "
+            f"rel err vs reference {e:.2e}")
+        RESULTS.append({"check": f"w4a4 1-pass layer {shape}", "ok": e < 1e-2, "detail": f"{e}"})
+        aq = L.act(True)
+        t = bench(lambda: qg.qgemm(aq.q, aq.scale, L.w4, L.s4, bias=L.bias32, lowrank=aq.lowrank, lora_up=L.lu,
+                                   out=L.out, impl=impl, config=cfg))
+        row(shape, f"W4A4 GEMM only [{impl}] (+r32 +bias)", t, L.ops(), t_bf16)
+        for sp, name in ((True, "1-pass"), (False, "2-pass")):
+            t = bench(lambda: L.w4a4(sp, impl, cfg))
+            row(shape, f"W4A4 linear, {name} act + GEMM [{impl}]", t, L.ops(), t_bf16)
+        try:
+            f8 = Fp8Path(L)
+        except Exception as e:
+            log(f"  cuBLAS fp8 path unavailable: {type(e).__name__}: {str(e)[:200]}")
+        else:
+            _fp8_checks(L, f8, shape)
+            a8, sa = f8.a8, f8.sa
+            t = bench(lambda: f8.gemm(a8, sa))
+            row(shape, "cuBLAS fp8 _scaled_mm W4A4 (row-wise scales)", t, L.ops(), t_bf16)
+            t = bench(f8.layer)
+            row(shape, "1-pass act (e4m3 q) + _scaled_mm + addmm r32", t, L.ops(), t_bf16)
+        log(f"  (elapsed {elapsed():.0f} s)")
+        L = None  # noqa: F841
+        if not SMOKE:
+            torch.cuda.empty_cache()
+
+
 def act_sweep(m: int, k: int) -> None:
     log(f"== act-quant launch sweep M={m} K={k} (smooth + r32) ==")
     x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16)
     sm = torch.rand(k, device=DEV) + 0.5
     ld = (torch.randn(k, 32, device=DEV) * 0.03).to(torch.bfloat16)
-    ref = act_quant(x, 4, smooth=sm, lora_down=ld)
+    ref = act_quant(x, 4, smooth=sm, lora_down=ld, single_pass=False)
     floor_ms = (m * k * 2 + m * k) / 3.0e12 * 1e3
-    for bm in (16, 32, 64):
-        for bk in (128, 256):
-            for nw in (4, 8):
-                cfg = {"BLOCK_M": bm, "BLOCK_K": bk, "num_warps": nw}
-                try:
-                    got = act_quant(x, 4, smooth=sm, lora_down=ld, config=cfg)
-                    if not torch.equal(got.q, ref.q):
-                        log(f"CHECK FAIL act-quant config {cfg}: q differs from the default config's")
-                        continue
-                    t = bench(lambda: act_quant(x, 4, smooth=sm, lora_down=ld, config=cfg), rep=50)
-                    log(f"  act {bm:3d}x{bk:3d} w{nw}: {t:.4f} ms ({(m * k * 3) / t / 1e6:.0f} GB/s; floor@3TB/s {floor_ms:.4f})")
-                except Exception as e:
-                    log(f"  act {cfg} failed: {e}")
+    cands = [(False, {"BLOCK_M": bm, "BLOCK_K": bk, "num_warps": nw})
+             for bm in (16, 32, 64) for bk in (128, 256) for nw in (4, 8)]
+    if k <= SINGLE_PASS_MAX_K:
+        arch = "sm90" if capability()[0] >= 9 else "sm80"
+        cands += [(True, c) for c in row_configs(arch, True)]
+    for sp, cfg in cands:
+        tag = f"{'1-pass' if sp else '2-pass'} {cfg['BLOCK_M']:3d}x{cfg['BLOCK_K']:4d} w{cfg['num_warps']:2d}"
+        try:
+            got = act_quant(x, 4, smooth=sm, lora_down=ld, config=cfg, single_pass=sp)
+            if not torch.equal(got.q, ref.q):
+                log(f"CHECK FAIL act-quant {tag}: q differs from the two-pass default's")
+                continue
+            t = bench(lambda: act_quant(x, 4, smooth=sm, lora_down=ld, config=cfg, single_pass=sp), rep=50)
+            log(f"  act {tag}: {t:.4f} ms ({(m * k * 3) / t / 1e6:.0f} GB/s; floor@3TB/s {floor_ms:.4f})")
+        except Exception as e:
+            log(f"  act {tag} failed: {type(e).__name__}: {str(e)[:150]}")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sweep", action="store_true", help="time every GEMM config and act-quant launch shape")
-    ap.add_argument("--quick", action="store_true", help="only the two main shapes")
+    ap.add_argument("--quick", action="store_true",
+                    help="act-quant checks + single/two-pass, layer and cuBLAS fp8 timing rows only (< 150 s)")
+    ap.add_argument("--main-shapes", action="store_true", help="only the two main shapes")
     ap.add_argument("--checks-only", action="store_true", help="run the correctness checks, no timing")
     ap.add_argument("--budget", type=float, default=480.0, help="seconds after which timing stops")
     ap.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for bench.log / bench.json")
@@ -488,7 +750,15 @@ def main() -> int:
         p = torch.cuda.get_device_properties(0)
         log(f"device {p.name} sm_{p.major}{p.minor} {p.multi_processor_count} SMs; torch {torch.__version__}, "
             f"triton {triton.__version__}, date {time.strftime('%Y-%m-%d')}")
-        ceilings()
+        if not args.quick:  # (--quick quotes the act-quant floor at run 1's 3 TB/s copy rate)
+            ceilings()
+    if args.quick:
+        log("== act-quant correctness (GPU, fresh random inputs, poisoned outputs) ==")
+        act_checks(True)
+        single_pass_checks(True)
+        log(f"  (checks done at {elapsed():.0f} s)")
+        quick_timing()
+        return summary(out)
     correctness(args.quick)
     if args.checks_only:
         fails = [r["check"] for r in RESULTS if "check" in r and not r["ok"]]
@@ -496,12 +766,17 @@ def main() -> int:
         (out / "bench.json").write_text(json.dumps(RESULTS, indent=1, default=str))
         return 1 if fails else 0
     shapes = [(16384, 3072, 3072), (16384, 3072, 12288)]
-    if not args.quick:
+    if not args.main_shapes:
         shapes += [(16384, 12288, 3072), (4096, 3072, 3072), (16384, 3072, 9216)]
     shapes = [(S(m), S(k), S(n)) for m, k, n in shapes]
     timing(shapes, args.sweep, args.budget)
     if args.sweep and elapsed() < args.budget + 60:
         act_sweep(S(16384), S(3072))
+    return summary(out)
+
+
+def summary(out: Path) -> int:
+    """The table of every timing row, the check tally, bench.json; exit 1 if a check failed."""
     log("")
     log("== summary ==")
     log(f"{'shape':22s} {'variant':46s} {'ms':>9s} {'TOPS':>7s} {'vs bf16':>8s} {'W bytes/bf16':>12s}")

@@ -104,7 +104,8 @@ def checkpoint_bytes(loaded: LoadedModel, variant: nn.Module, precision: str, tm
 
 
 def run_bench(*, model: str | None, config: dict | None, input: Path | None, size: tuple[int, int], frames: int, device: str,
-              chunk: int, precisions: list[str], rank: int, repeat: int, layers: bool, pipeline: bool) -> dict:
+              chunk: int, precisions: list[str], rank: int, repeat: int, layers: bool, pipeline: bool,
+              compile: bool = False) -> dict:
     dev = pick_device(device)
     dtype = pick_dtype(dev)
     if config is not None:
@@ -123,6 +124,7 @@ def run_bench(*, model: str | None, config: dict | None, input: Path | None, siz
         "model": loaded.name,
         "input": f"{w}x{h} x {chunk} frames per forward",
         "rank": rank,
+        "compiled": compile,
         "forward": {}, "layers": [], "size": {}, "size_vs_bf16": {}, "pipeline": {},
     }
     variants: dict[str, nn.Module] = {}
@@ -132,6 +134,8 @@ def run_bench(*, model: str | None, config: dict | None, input: Path | None, siz
             res["size"][p] = checkpoint_bytes(loaded, variants[p], p, Path(tmp))
             res["size_vs_bf16"][p] = res["size"]["fp"] / res["size"][p] if "fp" in res["size"] else None
             net = variants[p].to(dev, dtype)
+            if compile:
+                net = torch.compile(net)  # warm-up below includes compilation; the timed repeats do not
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
             with torch.inference_mode():
@@ -191,7 +195,8 @@ def format_report(r: dict) -> list[str]:
     ps = list(r["forward"])
     base = ps[0]
     lines = [f"vsrq bench {r['date']}  device: {r['device']}  torch {r['torch']}",
-             f"model {r['model']}; {r['input']}; low-bit variants RTN, low-rank rank {r['rank']}",
+             f"model {r['model']}; {r['input']}; low-bit variants RTN, low-rank rank {r['rank']}"
+             + ("; every forward torch.compile'd" if r.get("compiled") else ""),
              f"checkpoints: {base} = bf16 as trained; low-bit = packed, adaLN modulation folded", "",
              f"{'DiT forward':<22}" + "".join(f"{p:>14}" for p in ps)]
     lines.append(f"{'  median ms':<22}" + "".join(f"{r['forward'][p]['ms']:>14.2f}" for p in ps))

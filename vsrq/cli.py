@@ -338,6 +338,7 @@ def bench(
     repeat: int = typer.Option(5, "--repeat", help="Timed repeats (median)."),
     layers: bool = typer.Option(True, "--layers/--no-layers", help="Per-layer GEMM timings."),
     pipeline: bool = typer.Option(True, "--pipeline/--no-pipeline", help="Decode/encode and full-upscale frames/s."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile every variant's forward (CUDA): the same glue fusion for all."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Speed and memory of fp vs W8A8 vs W4A4 on the same inputs, in one run."""
@@ -357,7 +358,7 @@ def bench(
         except ValueError:
             fail("--config must be JSON", 2)
     result = run_bench(model=model, config=cfg, input=input, size=(w, h), frames=frames, device=device, chunk=chunk,
-                       precisions=plist, rank=rank, repeat=repeat, layers=layers, pipeline=pipeline)
+                       precisions=plist, rank=rank, repeat=repeat, layers=layers, pipeline=pipeline, compile=compile)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:

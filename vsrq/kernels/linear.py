@@ -12,7 +12,7 @@ from vsrq.kernels.act_quant import act_quant
 from vsrq.kernels.qgemm import qgemm
 from vsrq.kernels.reference import gemm_group_size
 
-__all__ = ["quant_linear"]
+__all__ = ["quant_linear", "quant_linear_op"]
 
 
 def quant_linear(
@@ -49,3 +49,27 @@ def quant_linear(
         lora_up=lora_up, activation=activation, gate=gate, residual=residual,
         out_dtype=out_dtype or x.dtype, impl=impl, config=gemm_config,
     )
+
+
+@torch.library.custom_op("vsrq::quant_linear", mutates_args=())
+def quant_linear_op(
+    x: torch.Tensor, w: torch.Tensor, wscale: torch.Tensor, wzero: torch.Tensor | None, smooth: torch.Tensor | None,
+    lora_down: torch.Tensor | None, lora_up: torch.Tensor | None, bias: torch.Tensor | None,
+    gate: torch.Tensor | None, residual: torch.Tensor | None, k: int, packed: bool, signed: bool, a_bits: int,
+    act_group: int, hadamard_block: int, activation: str, clip_ratio: float,
+) -> torch.Tensor:
+    """`quant_linear` as one opaque torch op (packed int4 weights unpacked per call), so that
+    torch.compile fuses the code around a quantized layer without tracing into the kernels."""
+    from vsrq.kernels.unpack import unpack_int4_to_int8
+
+    w8 = unpack_int4_to_int8(w, k, signed=signed) if packed else w
+    return quant_linear(x, w8, wscale, wzero=wzero, a_bits=a_bits, act_group=act_group or None, smooth=smooth,
+                        hadamard_block=hadamard_block, lora_down=lora_down, lora_up=lora_up, bias=bias,
+                        activation=activation or None, gate=gate, residual=residual, out_dtype=x.dtype,
+                        clip_ratio=clip_ratio)
+
+
+@quant_linear_op.register_fake
+def _quant_linear_shape(x, w, wscale, wzero, smooth, lora_down, lora_up, bias, gate, residual, k, packed, signed,
+                        a_bits, act_group, hadamard_block, activation, clip_ratio) -> torch.Tensor:
+    return x.new_empty(x.shape[0], w.shape[0])

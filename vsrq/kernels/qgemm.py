@@ -29,6 +29,7 @@ from vsrq.kernels._triton import (
     max_shared_memory,
     next_pow2,
     num_sms,
+    tune_once,
 )
 
 __all__ = ["qgemm", "GEMM_IMPLS", "gemm_configs"]
@@ -300,7 +301,6 @@ def _fits(cfg: dict, block_k: int, dev: int) -> bool:
 # that fits the device's shared memory once per (M bucket, N, K, flags) with triton's
 # do_bench, and caches the winner for the process. Call once outside CUDA-graph capture.
 
-_TUNE_CACHE: dict[tuple, dict] = {}
 
 
 def _m_bucket(m: int) -> int:
@@ -366,21 +366,8 @@ def _candidates(impls: tuple[str, ...], args: dict) -> list[tuple[str, dict]]:
 
 
 def _tune(impls: tuple[str, ...], args: dict, key: tuple) -> tuple[str, dict]:
-    """Time every (implementation, config) candidate once and cache the fastest."""
-    from triton.testing import do_bench
-
-    best, best_t = None, float("inf")
-    for impl, cfg in _candidates(impls, args):
-        try:
-            t = do_bench(lambda: _launch(impl, cfg, args), warmup=5, rep=20, return_mode="median")
-        except Exception:  # config does not compile / fit on this device: skip it
-            continue
-        if t < best_t:
-            best, best_t = (impl, cfg), t
-    if best is None:
-        raise RuntimeError(f"no qgemm config could run for {key}")
-    _TUNE_CACHE[key] = best
-    return best
+    """The fastest (implementation, config) for this shape key, timed once (shared tuner)."""
+    return tune_once(("qgemm",) + key, _candidates(impls, args), lambda c: _launch(c[0], c[1], args))
 
 
 # Implementations the tuner tries on Hopper for impl="auto". Until the H100 runs in
@@ -495,7 +482,7 @@ def qgemm(
         impls = (SM90_AUTO_IMPLS if _tma_ok(qa, qw) else ("ptr",)) if impl == "auto" else (impl,)
         key = (impls, _m_bucket(m), n, k, group, asym, fp8, fp8_acc_k, has_lora, activation, gate is not None,
                residual is not None, c.dtype, str(dev))
-        impl, config = _TUNE_CACHE.get(key) or _tune(impls, args, key)
+        impl, config = _tune(impls, args, key)
     elif impl == "auto":
         impl = "tma" if _tma_ok(qa, qw) else "ptr"
     _launch(impl, config, args)

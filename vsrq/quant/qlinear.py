@@ -129,6 +129,8 @@ class QuantLinear(nn.Module):
             "act_clip", torch.full((1,), check_clip_ratio(act_clip), dtype=torch.float32, device=device)
         )
         self._clip_cache: tuple[torch.Tensor, int, float] | None = None
+        # the same value as a plain attribute: what a torch.compile'd forward reads (no .item())
+        self.act_clip_float = check_clip_ratio(act_clip)
         self._w8_cache: torch.Tensor | None = None
         self._w8_key: tuple | None = None
         self._scale_dtype = scale_dtype
@@ -215,6 +217,7 @@ class QuantLinear(nn.Module):
                 self.act_clip.fill_(1.0)
         self._w8_cache = None
         self._clip_cache = None
+        self.act_clip_float = check_clip_ratio(self.act_clip)
 
     # ------------------------------------------------------------------ construction
 
@@ -308,6 +311,7 @@ class QuantLinear(nn.Module):
         """Set the DRAQ activation clip ratio (in (0, 1]; 1 = no clipping)."""
         self.act_clip.fill_(check_clip_ratio(ratio))
         self._clip_cache = None
+        self.act_clip_float = check_clip_ratio(ratio)
 
     def act_clip_value(self) -> float:
         """The clip ratio as a Python float, cached against the buffer's identity and version
@@ -318,6 +322,7 @@ class QuantLinear(nn.Module):
             return c[2]
         v = check_clip_ratio(t)
         self._clip_cache = (t, t._version, v)  # holding t keeps its identity unique
+        self.act_clip_float = v
         return v
 
     # ------------------------------------------------------------------ weights
@@ -377,6 +382,17 @@ class QuantLinear(nn.Module):
         x2 = x.reshape(-1, k)
         g2 = None if gate is None else gate.reshape(-1, n)
         r2 = None if residual is None else residual.reshape(-1, n)
+        if torch.compiler.is_compiling() and x2.is_cuda and self.backend != "reference":
+            # one opaque op for torch.compile: the graph around it (norms, modulation, residuals)
+            # is fused by inductor, the quantized linear runs our kernels as in eager mode
+            from vsrq.kernels.linear import quant_linear_op
+
+            y = quant_linear_op(
+                x2.contiguous(), self.qweight, self.wscale, self.wzero, self.smooth, self.lora_down, self.lora_up,
+                self.effective_bias(), None if g2 is None else g2.contiguous(), None if r2 is None else r2.contiguous(),
+                k, self.packed, self.symmetric, self.a_bits, self.act_group_size or 0, self.hadamard_block,
+                self.activation or "", self.act_clip_float)
+            return y.reshape(*lead, n)
         common = dict(
             wzero=self.wzero, a_bits=self.a_bits, act_group=self.act_group_size, smooth=self.smooth,
             hadamard_block=self.hadamard_block, lora_down=self.lora_down, lora_up=self.lora_up,
