@@ -66,7 +66,7 @@ class CrossFader:
             if shared < 0 or shared > len(frames):
                 raise ValueError("chunks must arrive in order and overlap the previous one by at most its length")
             done = self._pending[: len(self._pending) - shared]
-            w = crossfade_weights(shared).to(frames.dtype).view(-1, *([1] * (frames.dim() - 1)))
+            w = crossfade_weights(shared).to(frames).view(-1, *([1] * (frames.dim() - 1)))
             blended = (1 - w) * self._pending[len(self._pending) - shared:] + w * frames[:shared]
             frames = torch.cat([blended, frames[shared:]])
         else:
