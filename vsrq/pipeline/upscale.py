@@ -28,6 +28,7 @@ from vsrq.pipeline import faults
 from vsrq.pipeline.chunking import CrossFader, check_chunking, iter_chunks
 from vsrq.pipeline.device import pick_device, pick_dtype
 from vsrq.pipeline.journal import Journal
+from vsrq.pipeline.segment_sink import SegmentSink
 from vsrq.pipeline.tiling import tiled_apply
 
 log = logging.getLogger(__name__)
@@ -259,7 +260,7 @@ def upscale_file(
             journal.remove()  # nothing worth keeping, or the output is published
         else:
             journal.close()
-    return UpscaleReport(frames=job.written - job.first_frame, seconds=time.perf_counter() - started,
+    return UpscaleReport(frames=job.emitted - job.first_frame, seconds=time.perf_counter() - started,
                          width=width, height=height, device=str(upscaler.device))
 
 
@@ -270,17 +271,17 @@ def _saved_note(journal: Journal, how: str) -> str:
 
 
 class _SegmentedJob:
-    """The decode -> upscale -> cross-fade -> segment loop of one job (fresh or resumed)."""
+    """The decode -> upscale -> cross-fade loop of one job (fresh or resumed); frames go to a
+    SegmentSink, which encodes them on its own thread and commits the segments."""
 
     def __init__(self, journal: Journal, info: VideoInfo, upscaler: ChunkUpscaler, enc: EncodeOptions,
                  size: tuple[int, int], sar: Fraction, high_depth: bool, on_frames: Callable[[int], None] | None) -> None:
         self.journal, self.info, self.upscaler, self.enc = journal, info, upscaler, enc
         self.size, self.sar, self.high_depth, self.on_frames = size, sar, high_depth, on_frames
         self.first_frame = journal.frames_done
-        self.written = journal.frames_done  # absolute index of the next output frame
+        self.emitted = journal.frames_done  # absolute index of the next output frame handed to the sink
         self.segment_frames = upscaler.opts.segment_frames
-        self.writer: VideoWriter | None = None
-        self.segment_start = self.written
+        self.segment_start = self.emitted
         self.bar: tqdm | None = None
         self.fault = faults.planned()
 
@@ -290,8 +291,9 @@ class _SegmentedJob:
         # the chunk before the restart point is recomputed: its last `overlap` frames are the
         # cross-fade partner of the first new chunk (its other frames are already in a segment)
         recompute = skip_until - 1 if opts.overlap and skip_until else skip_until
-        pts_of: dict[int, int] = {}  # frame index -> pts, until the frame is written (the reader's pts increase)
+        pts_of: dict[int, int] = {}  # frame index -> pts, until the frame is sent (the reader's pts increase)
         fader = CrossFader(opts.overlap)
+        sink = SegmentSink(self.journal, self._open_writer, self.fault, self._progress)
         try:
             with VideoReader(self.info.path, on_error=opts.on_error) as reader:
                 chunks = 0
@@ -304,45 +306,35 @@ class _SegmentedJob:
                     out = fader.push(start, self.upscaler(frames_to_tensor([f.image for f in chunk]), self.size))
                     if ci < skip_until:
                         continue  # frames already saved
-                    self._emit(out, pts_of)
+                    self._emit(sink, out, pts_of)
                     # only after a full chunk: its held-back frames are unblended, so recomputing
                     # this one chunk on resume restores the cross-fade state exactly
-                    if len(chunk) == opts.chunk and self.written - self.segment_start >= self.segment_frames:
-                        self._close_segment(chunks)
-                self._emit(fader.flush(), pts_of)
-                self._close_segment(chunks)
+                    if len(chunk) == opts.chunk and self.emitted - self.segment_start >= self.segment_frames:
+                        sink.close_segment(chunks)
+                        self.segment_start = self.emitted
+                self._emit(sink, fader.flush(), pts_of)
+                sink.close_segment(chunks)
+                sink.finish()
                 self.journal.mark_complete()
                 self.fault.before_join()
         finally:
-            if self.writer is not None:
-                self.writer.abort()
+            sink.abort()
 
-    def _emit(self, frames: torch.Tensor, pts_of: dict[int, int]) -> None:
+    def _emit(self, sink: SegmentSink, frames: torch.Tensor, pts_of: dict[int, int]) -> None:
         for frame in frames:
-            if self.writer is None:
-                self._open_segment()
-            assert self.writer is not None
-            self.writer.write(tensor_to_image(frame, self.high_depth), pts_of.pop(self.written))
-            self.written += 1
-            self.fault.after_frame(self.written)
-        if self.bar is not None:
-            self.bar.update(len(frames))
-        if self.on_frames is not None:
-            self.on_frames(self.written)
+            sink.write(tensor_to_image(frame, self.high_depth), pts_of.pop(self.emitted))
+            self.emitted += 1
 
-    def _open_segment(self) -> None:
+    def _progress(self, written: int) -> None:
+        """Called by the encoding thread after each frame it encoded."""
+        if self.bar is not None:
+            self.bar.update(1)
+        if self.on_frames is not None:
+            self.on_frames(written)
+
+    def _open_writer(self, path: str) -> VideoWriter:
         w, h = self.size
-        self.segment_start = self.written
-        self.writer = VideoWriter(
-            self.journal.next_segment_path(), width=w, height=h, fps=self.info.fps, time_base=self.info.time_base,
+        return VideoWriter(
+            path, width=w, height=h, fps=self.info.fps, time_base=self.info.time_base,
             source=self.info, codec=self.enc.codec, crf=self.enc.crf, preset=self.enc.preset, pix_fmt=self.enc.pix_fmt,
             overwrite=True, sample_aspect_ratio=self.sar, copy_streams=False)
-
-    def _close_segment(self, chunks_done: int) -> None:
-        if self.writer is None:
-            return
-        writer, self.writer = self.writer, None
-        writer.close()
-        self.journal.commit(writer.target, self.segment_start, self.written - self.segment_start, chunks_done,
-                            writer.packet_log)
-        self.fault.after_segment(len(self.journal.state.segments))
