@@ -93,7 +93,16 @@ def test_candidates_fit_the_register_budget_at_the_bench_shapes() -> None:
             assert all(aq._row_fits(p, c, x) for c in aq.row_configs(arch, False)), (arch, k)
 
 
-def test_tune_once_times_once_and_skips_failures(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def tuning_home(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """Tuning choices go to a temporary cache, never the user's."""
+    monkeypatch.setenv("VSRQ_CACHE", str(tmp_path))
+    kt._disk_choices.cache_clear()
+    yield
+    kt._disk_choices.cache_clear()
+
+
+def test_tune_once_times_once_and_skips_failures(monkeypatch: pytest.MonkeyPatch, tuning_home) -> None:
     import triton.testing
 
     times = {"a": 3.0, "b": 1.0, "c": 2.0}
@@ -118,3 +127,24 @@ def test_tune_once_times_once_and_skips_failures(monkeypatch: pytest.MonkeyPatch
     assert kt.tune_once(("one",), ["only"], launch) == "only" and len(calls) == n  # nothing to compare
     with pytest.raises(RuntimeError, match="no launch config"):
         kt.tune_once(("none",), ["bad"] * 2, launch)
+
+
+def test_tuned_choices_persist_across_processes(monkeypatch: pytest.MonkeyPatch, tuning_home) -> None:
+    import triton.testing
+
+    calls: list[str] = []
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **_kw: (fn(), {"x": 2.0, "y": 1.0}[calls[-1]])[1])
+    monkeypatch.setattr(kt, "_TUNED", {})
+    cands = [{"BLOCK": 64, "impl": "x"}, {"BLOCK": 128, "impl": "y"}]
+    launch = lambda c: calls.append(c["impl"])  # noqa: E731
+    assert kt.tune_once(("shape", 1), cands, launch) == cands[1]
+    assert kt._tuning_file().is_file()
+    monkeypatch.setattr(kt, "_TUNED", {})  # a new process: only the file remembers
+    kt._disk_choices.cache_clear()
+    n = len(calls)
+    assert kt.tune_once(("shape", 1), cands, launch) == cands[1] and len(calls) == n, "remembered: no timing"
+    monkeypatch.setattr(kt, "_TUNED", {})
+    assert kt.tune_once(("shape", 1), cands[:1], launch) == cands[0] and len(calls) == n  # single: untimed
+    monkeypatch.setattr(kt, "_TUNED", {})
+    other = [{"BLOCK": 32, "impl": "x"}, {"BLOCK": 256, "impl": "y"}]  # the remembered one is gone: time again
+    assert kt.tune_once(("shape", 1), other, launch) == other[1] and len(calls) > n

@@ -6,9 +6,11 @@ Kept import-safe: nothing here imports triton at module import, so CPU-only inst
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 from functools import lru_cache
+from pathlib import Path
 from typing import TypeVar
 
 import torch
@@ -80,15 +82,66 @@ def device_index(t: torch.Tensor) -> int:
 _TUNED: dict[tuple, object] = {}
 
 
+def _tuning_file() -> Path:
+    """Per GPU model and Triton version: a choice timed on one does not hold on another."""
+    from vsrq.cache import cache_dir
+
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    safe = "".join(c if c.isalnum() else "-" for c in f"{name}-triton{triton_version()}")
+    return cache_dir() / "tuning" / f"{safe}.json"
+
+
+def triton_version() -> str:
+    try:
+        import triton
+
+        return triton.__version__
+    except ImportError:
+        return "none"
+
+
+@lru_cache(maxsize=1)
+def _disk_choices() -> dict[str, object]:
+    try:
+        return json.loads(_tuning_file().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _remember(key: tuple, choice: object) -> None:
+    """Add a choice to the tuning file (written whole, by rename; losing it only costs time)."""
+    choices = _disk_choices()
+    choices[repr(key)] = choice
+    path = _tuning_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(choices, indent=0, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def _as_json(c: object) -> object:
+    return json.loads(json.dumps(c))  # tuples become lists, as they come back from the file
+
+
 def tune_once(key: tuple, candidates: Sequence[T], launch: Callable[[T], None]) -> T:
-    """The fastest of ``candidates`` for ``key``: timed on the first call, cached after.
+    """The fastest of ``candidates`` for ``key``: timed on the first call, cached after, in
+    the process and on disk (``vsrq.cache``), so later runs on the same GPU skip the timing.
 
     ``launch(c)`` runs the kernel with candidate ``c`` on the real operands (outputs are
     overwritten, so the caller's final launch must come after). Candidates that fail to
-    compile or launch are skipped; a single candidate is returned untimed.
+    compile or launch are skipped; a single candidate is returned untimed. A remembered
+    choice that is no longer among the candidates is timed again.
     """
     if key in _TUNED:
         return _TUNED[key]  # type: ignore[return-value]
+    remembered = _disk_choices().get(repr(key)) if not interpreting() else None
+    for cand in candidates:
+        if remembered is not None and _as_json(cand) == remembered:
+            _TUNED[key] = cand
+            return cand
     if not candidates:
         raise ValueError(f"no launch configs to tune for {key}")
     if len(candidates) == 1:
@@ -107,6 +160,8 @@ def tune_once(key: tuple, candidates: Sequence[T], launch: Callable[[T], None]) 
     if best is None:
         raise RuntimeError(f"no launch config could run for {key}")
     _TUNED[key] = best
+    if not interpreting():
+        _remember(key, _as_json(best))
     return best
 
 

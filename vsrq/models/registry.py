@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from vsrq.cache import cache_dir
 from vsrq.errors import ModelError
 
 if sys.version_info >= (3, 11):
@@ -158,7 +159,7 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def _verified_marker_cache() -> Path:
-    return Path(os.environ.get("VSRQ_CACHE", "~/.cache/vsrq")).expanduser() / "verified.json"
+    return cache_dir() / "verified.json"
 
 
 def verify_sha256(path: Path, expected: str | None, what: str) -> None:

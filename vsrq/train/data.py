@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from vsrq.cache import cache_dir
 from vsrq.errors import VsrqError
 
 from .degrade import (
@@ -123,8 +123,8 @@ EVAL_VIDEOS = ("bigbuckbunny.mp4",)
 
 
 def default_cache_dir() -> Path:
-    """Where downloaded packages live: $VSRQ_CACHE or ~/.cache/vsrq (outside the repository)."""
-    return Path(os.environ.get("VSRQ_CACHE", Path.home() / ".cache" / "vsrq"))
+    """Where downloaded packages live (vsrq.cache: $VSRQ_CACHE or ~/.cache/vsrq)."""
+    return cache_dir()
 
 
 # --------------------------------------------------------------------------------------------
