@@ -43,10 +43,18 @@ class QuantResult:
             "calib_seconds": round(self.calib_seconds, 2),
             "quant_seconds": round(self.quant_seconds, 2),
             "bits_per_weight": bpw,
+            "act_bits_8_share": act_share(self.model, [c.name for c in quant]),
             "min_sqnr_db": min((c.sqnr_db for c in self.choices), default=float("nan")),
             **({"refine": self.refine} if self.refine is not None else {}),  # [refine]
             **({"mixed": self.mixed} if self.mixed else {}),
         }
+
+
+def act_share(model: nn.Module, names: list[str], bits: int = 8) -> float:
+    """Share of the activation values per token (input widths) of `names` quantized with >= `bits`."""
+    mods = [model.get_submodule(n) for n in names]
+    total = sum(m.in_features for m in mods)
+    return sum(m.in_features for m in mods if getattr(m, "a_bits", 16) >= bits) / max(total, 1)
 
 
 def fold_constants(model: nn.Module) -> nn.Module:
@@ -65,6 +73,23 @@ def fold_constants(model: nn.Module) -> nn.Module:
     return model
 
 
+def _plan_flicker(model: nn.Module, names: list[str], tags: dict[str, str], recipe: Recipe,
+                  make: Callable, clips: list[torch.Tensor]) -> dict:
+    """Raise the activations of the layers that flicker most (flicker.py) to `flicker_bits`, within
+    `flicker_budget` of all quantized layers' activation values; updates `tags`, returns the plan."""
+    from vsrq.quant.flicker import act_budget_bits, activation_count, plan_flicker_precision
+
+    cands = [n for n in names if n not in tags]
+    values = {n: activation_count(model.get_submodule(n)) for n in names}
+    budget = act_budget_bits(recipe.flicker_budget, recipe.a_bits, recipe.flicker_bits, sum(values.values()),
+                             sum(values[n] for n in cands))
+    act_recipe = replace(recipe, a_bits=recipe.flicker_bits, mixed_budget=0.0, flicker_budget=0.0)
+    raised, sens = plan_flicker_precision(model, cands, make(recipe, "low", True), make(act_recipe, "act", True), clips, budget)
+    tags.update(dict.fromkeys(raised, "act"))
+    return {"budget": recipe.flicker_budget, "bits": recipe.flicker_bits, "raised": sorted(raised),
+            "sensitivity": [{"name": s.name, "flicker_low": s.err_low, "flicker_high": s.err_high} for s in sens]}
+
+
 def quantize_model(
     model: nn.Module,
     recipe: Recipe,
@@ -79,33 +104,39 @@ def quantize_model(
     # [refine] gradient refinement needs the FP model and re-reads the clips after calibration
     refining = bool(recipe.refine) or recipe.bias_align == "learn"
     fp_model = copy.deepcopy(model) if refining else None
-    clips = list(clips) if refining or recipe.mixed_budget else clips
+    clips = list(clips) if refining or recipe.mixed_budget or recipe.flicker_budget else clips
     names = target_layers(model, recipe.keep)
     stats, calib_s = calibrate(model, names, clips, recipe.calib_tokens, recipe.seed)
     started = time.perf_counter()
     linears = {n: model.get_submodule(n) for n in names}
     groups = search_granularity(linears, stats, recipe) if recipe.granularity_search else {n: recipe.group_size for n in names}
     ranks = allocate_ranks(names, stats, recipe, linears)
-    made: dict[tuple[str, str], tuple] = {}  # (layer, 'low'|'high') -> quantize_layer's result
-    promoted: set[str] = set()
+    made: dict[tuple[str, str], tuple] = {}  # (layer, 'low'|'high'|'act') -> quantize_layer's result
+
+    def make(r: Recipe, tag: str, act_bits: bool = False) -> Callable[[str], tuple[nn.Module, float]]:
+        """Layer factory for a plan: (module, its bits per weight, or its activation bits)."""
+        def one(n: str):
+            if (n, tag) not in made:
+                made[(n, tag)] = quantize_layer(linears[n], stats[n], r, group_size=groups[n], rank=ranks[n])
+            q, choice = made[(n, tag)]
+            return q, float(q.a_bits) if act_bits else choice.bits_per_weight
+        return one
+
+    tags: dict[str, str] = {}  # layer -> which of `made` it gets; 'low' when absent
     mixed: dict = {}
     if recipe.mixed_budget:
         from vsrq.quant.mixed import plan_mixed_precision
 
-        high_recipe = replace(recipe, w_bits=recipe.mixed_bits, a_bits=recipe.mixed_bits, mixed_budget=0.0)
-
-        def make(r: Recipe, tag: str):
-            def one(n: str):
-                made[(n, tag)] = quantize_layer(linears[n], stats[n], r, group_size=groups[n], rank=ranks[n])
-                return made[(n, tag)][0], made[(n, tag)][1].bits_per_weight
-            return one
-
+        high_recipe = replace(recipe, w_bits=recipe.mixed_bits, a_bits=recipe.mixed_bits, mixed_budget=0.0, flicker_budget=0.0)
         promoted, sens = plan_mixed_precision(model, names, make(recipe, "low"), make(high_recipe, "high"), clips[0], recipe.mixed_budget)
+        tags.update(dict.fromkeys(promoted, "high"))
         mixed = {"budget": recipe.mixed_budget, "bits": recipe.mixed_bits, "promoted": sorted(promoted),
                  "sensitivity": [{"name": s.name, "err_low": s.err_low, "err_high": s.err_high} for s in sens]}
+    if recipe.flicker_budget:
+        mixed["flicker"] = _plan_flicker(model, names, tags, recipe, make, clips)
     choices = []
     for i, name in enumerate(names):
-        tag = "high" if name in promoted else "low"
+        tag = tags.get(name, "low")
         if (name, tag) in made:
             q, choice = made[(name, tag)]
         else:

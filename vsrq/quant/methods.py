@@ -33,6 +33,7 @@ class LayerChoice:
     sqnr_db: float
     bits_per_weight: float
     act_clip: float = 1.0
+    a_bits: int = 0  # activation bits (0: not recorded, reports written before it existed)
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
@@ -157,7 +158,7 @@ def quantize_layer(linear: nn.Linear, stats: LayerStats, recipe: Recipe, *, grou
     if recipe.bias_align is not None:
         align_bias(linear, q, x)
     _, sqnr = layer_error(linear, q, x)
-    return q, LayerChoice(stats.name, q.group_size, q.rank, alpha, had, sqnr, bits_per_weight(q), clip)
+    return q, LayerChoice(stats.name, q.group_size, q.rank, alpha, had, sqnr, bits_per_weight(q), clip, q.a_bits)
 
 
 def group_candidates(k: int) -> list[int | None]:

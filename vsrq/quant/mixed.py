@@ -22,8 +22,8 @@ from vsrq.quant.checkpoint import set_module
 @dataclass
 class LayerSensitivity:
     name: str
-    params: int
-    err_low: float  # model output MSE with only this layer in the low-bit form
+    params: int  # cost units: weights, or activation values per token (flicker.py)
+    err_low: float  # score (default: model output MSE) with only this layer in the low-bit form
     err_high: float  # same with the higher-precision form
     bits_low: float
     bits_high: float
@@ -34,24 +34,43 @@ class LayerSensitivity:
         return (self.err_low - self.err_high) / max(extra, 1e-9)
 
 
+def weight_count(layer: nn.Module) -> int:
+    """Weights of a linear layer: the cost unit of weight (W and A) bit allocation."""
+    return int(layer.in_features * layer.out_features)
+
+
+def output_error(clip: torch.Tensor, ref: torch.Tensor) -> Callable[[nn.Module], float]:
+    """The default sensitivity score: MSE of the model's output on `clip` against `ref`."""
+
+    @torch.no_grad()
+    def score(model: nn.Module) -> float:
+        return float(((model(clip).float() - ref) ** 2).mean())
+
+    return score
+
+
 @torch.no_grad()
 def measure_sensitivity(
     model: nn.Module,
     candidates: dict[str, tuple[nn.Module, nn.Module, float, float]],
     clip: torch.Tensor,
+    score: Callable[[nn.Module], float] | None = None,
+    cost: Callable[[nn.Module], int] = weight_count,
 ) -> list[LayerSensitivity]:
-    """For each layer name -> (low module, high module, low bits, high bits), the model's output error
-    on `clip` with that one layer swapped in (all others float)."""
-    ref = model(clip).float()
+    """For each layer name -> (low module, high module, low bits, high bits), `score` of the model
+    with that one layer swapped in (all others as they are in `model`); default: the output MSE on
+    `clip` against the model's own output. `cost` gives the units the bits are counted in (weights
+    by default; activation values per token for activation-only promotion, see flicker.py)."""
+    score = score or output_error(clip, model(clip).float())
     out = []
     for name, (low, high, b_low, b_high) in candidates.items():
         original = model.get_submodule(name)
         errs = []
         for q in (low, high):
             set_module(model, name, q)
-            errs.append(float(((model(clip).float() - ref) ** 2).mean()))
+            errs.append(score(model))
         set_module(model, name, original)
-        out.append(LayerSensitivity(name, original.in_features * original.out_features, errs[0], errs[1], b_low, b_high))
+        out.append(LayerSensitivity(name, cost(original), errs[0], errs[1], b_low, b_high))
     return out
 
 
@@ -78,12 +97,15 @@ def plan_mixed_precision(
     make_high: Callable[[str], tuple[nn.Module, float]],
     clip: torch.Tensor,
     budget_bits: float,
+    score: Callable[[nn.Module], float] | None = None,
+    cost: Callable[[nn.Module], int] = weight_count,
 ) -> tuple[set[str], list[LayerSensitivity]]:
-    """Measure every layer's sensitivity in both forms and pick the promoted set under the budget."""
+    """Measure every layer's sensitivity in both forms and pick the promoted set under the budget
+    (`score` and `cost` as in `measure_sensitivity`; the flicker plan passes its own)."""
     candidates = {}
     for n in names:
         low, b_low = make_low(n)
         high, b_high = make_high(n)
         candidates[n] = (low, high, b_low, b_high)
-    sens = measure_sensitivity(model, candidates, clip)
+    sens = measure_sensitivity(model, candidates, clip, score, cost)
     return allocate_bits(sens, budget_bits), sens

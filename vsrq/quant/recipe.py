@@ -50,6 +50,13 @@ class Recipe:
     # bit is largest to W{mixed_bits}A{mixed_bits} while the average bits/weight stay <= mixed_budget
     mixed_budget: float = 0.0  # 0 = off
     mixed_bits: int = 8
+    # Against flicker (issue 4, vsrq/quant/flicker.py): raise only the *activations* of the layers
+    # whose rounding makes the output change most from frame to frame (static noisy calibration
+    # clips, per activation value) to flicker_bits, weights unchanged, until flicker_budget of the
+    # quantized layers' activation values per token are raised; layers the mixed step made
+    # W{mixed_bits}A{mixed_bits} are not candidates
+    flicker_budget: float = 0.0  # share in [0, 1]; 0 = off
+    flicker_bits: int = 8
     keep: tuple[str, ...] = DEFAULT_KEEP  # name fragments of layers left in 16-bit
     # Fold the constant adaLN modulation into stored vectors before anything else (exact; removes
     # the timestep MLP and adaLN layers, a third of a DiT block's weights; docs/FORMAT.md)
@@ -74,6 +81,8 @@ class Recipe:
                 raise VsrqError(f"recipe {self.name!r}: {key} must be one of {allowed}, got {getattr(self, key)!r}")
         if self.mixed_budget and not (self.w_bits < self.mixed_bits <= 8 and self.mixed_budget > self.w_bits):
             raise VsrqError(f"recipe {self.name!r}: mixed precision needs w_bits < mixed_bits <= 8 and mixed_budget > w_bits")
+        if self.flicker_budget and not (0 < self.flicker_budget <= 1 and self.a_bits < self.flicker_bits <= 8):
+            raise VsrqError(f"recipe {self.name!r}: flicker_budget is a share in (0, 1] and needs a_bits < flicker_bits <= 8")
         if self.rank < 0 or self.refine_steps < 0 or not 0 < self.refine_layers <= 1:
             raise VsrqError(f"recipe {self.name!r}: rank and refine_steps must be >= 0, refine_layers in (0, 1]")
 
@@ -123,6 +132,12 @@ def _presets() -> dict[str, Recipe]:
         "combo-lr": replace(base, name="combo-lr", smooth="search", rotate=True, act_clip="draq", bias_align="learn",
                             rank=8, rank_alloc="stca", refine="joint", refine_steps=200),
     }
+    # combo-joint-mpq against flicker (issue 4, docs/QUANT.md): 8-bit activations (weights stay
+    # 4-bit) for the layers that flicker most per activation value, up to half of the activation
+    # values ("-steady"), or for every layer ("-a8": W4A8 but for the mixed step's W8A8 layers)
+    for suffix, share in (("steady", 0.5), ("a8", 1.0)):
+        name = f"combo-joint-mpq-{suffix}"
+        p[name] = replace(p["combo-joint-mpq"], name=name, flicker_budget=share)
     return p
 
 
