@@ -283,6 +283,7 @@ def quantize(
     from tqdm import tqdm
 
     from vsrq.models.loader import ARCHITECTURES, load_model
+    from vsrq.models.registry import QUANTIZED_PRECISIONS
     from vsrq.quant.calibrate import clips_from_videos, default_calibration_clips, find_videos
     from vsrq.quant.checkpoint import save_quantized
     from vsrq.quant.engine import quantize_model
@@ -300,14 +301,16 @@ def quantize(
     # the recipe's own bits hold, so `--method rtn-w8a8` gives W8A8.
     recipe = load_recipe(method, w_bits=bits, a_bits=act_bits if act_bits is not None else bits, group_size=group_size, rank=rank)
     loaded = load_model(model)
-    if loaded.precision in ("w4a4", "w8a8"):
+    if loaded.precision in QUANTIZED_PRECISIONS:
         fail(f"{loaded.name} is already quantized ({loaded.precision}); quantize its full-precision model")
     clips = clips_from_videos(find_videos(calib)) if calib is not None else default_calibration_clips()
     bar = tqdm(total=None, desc="quantize", unit="layer", disable=quiet)
     result = quantize_model(loaded.module, recipe, clips, progress=lambda line: (bar.update(1), bar.set_postfix_str(line.split(": ", 1)[-1])))
     bar.close()
-    precision = f"w{recipe.w_bits}a{recipe.a_bits}"
     rep = {"source_model": loaded.name, **result.report(recipe)}
+    # the label says what the layers hold: a recipe that raised every activation to 8 bits is W4A8
+    a_bits = 8 if recipe.a_bits < 8 and rep.get("act_bits_8_share") == 1.0 else recipe.a_bits
+    precision = f"w{recipe.w_bits}a{a_bits}"
     arch = loaded.module.arch
     save_quantized(result.model, out, arch=arch, config=ARCHITECTURES[arch].config_of(loaded.module), precision=precision, report=rep)
     if report is not None:

@@ -24,7 +24,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
-PRECISIONS = ("fp32", "fp16", "bf16", "w8a8", "w4a4")
+PRECISIONS = ("fp32", "fp16", "bf16", "w8a8", "w4a8", "w4a4")
+QUANTIZED_PRECISIONS = ("w8a8", "w4a8", "w4a4")
 ENTRY_KEYS = {"arch", "description", "weights", "sha256", "precision", "config", "source"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _HF_REF = re.compile(r"^hf://(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)@(?P<rev>[\w./-]+?)/(?P<file>[^@]+)$")
