@@ -13,17 +13,24 @@ from tests.support import random_checkpoint
 from vsrq.io import VideoReader, VideoWriter, probe
 
 
+def shrink_clip(src: Path, out: Path, size: tuple[int, int] = (64, 36), frames: int | None = None) -> Path:
+    """src resized to `size` (first `frames` frames, or all), its audio copied, not re-encoded."""
+    info = probe(src)
+    w, h = size
+    with VideoReader(src) as reader, VideoWriter(out, width=w, height=h, fps=info.fps, time_base=info.time_base, source=info, crf=12) as writer:
+        for frame in reader.frames():
+            if frames is not None and frame.index >= frames:
+                break
+            x = torch.from_numpy(frame.image).permute(2, 0, 1)[None].float()
+            small = F.interpolate(x, size=(h, w), mode="bicubic", antialias=True).clamp(0, 255).round()
+            writer.write(small[0].permute(1, 2, 0).to(torch.uint8).numpy(), frame.pts, frame.duration)
+    return out
+
+
 @pytest.fixture(scope="session")
 def small_bbb(bbb_path, tmp_path_factory) -> Path:
     """bigbuckbunny.mp4 shrunk to 64x36, every frame and its AAC audio kept (copied, not re-encoded)."""
-    out = tmp_path_factory.mktemp("media") / "bbb_64x36.mp4"
-    info = probe(bbb_path)
-    with VideoReader(bbb_path) as reader, VideoWriter(out, width=64, height=36, fps=info.fps, time_base=info.time_base, source=info, crf=12) as writer:
-        for frame in reader.frames():
-            x = torch.from_numpy(frame.image).permute(2, 0, 1)[None].float()
-            small = F.interpolate(x, size=(36, 64), mode="bicubic", antialias=True).clamp(0, 255).round()
-            writer.write(small[0].permute(1, 2, 0).to(torch.uint8).numpy(), frame.pts, frame.duration)
-    return out
+    return shrink_clip(Path(bbb_path), tmp_path_factory.mktemp("media") / "bbb_64x36.mp4")
 
 
 @pytest.fixture
@@ -51,13 +58,6 @@ def static_clip(path: Path, frames: int = 20, size: tuple[int, int] = (48, 32)) 
 
 
 @pytest.fixture(scope="session")
-def short_bbb(small_bbb, tmp_path_factory) -> Path:
-    """The first 40 frames of small_bbb (64x36) with its AAC audio: long enough for 5 segments of 8."""
-    out = tmp_path_factory.mktemp("media") / "bbb_40f.mp4"
-    info = probe(small_bbb)
-    with VideoReader(small_bbb) as reader, VideoWriter(out, width=64, height=36, fps=info.fps, time_base=info.time_base, source=info, crf=12) as writer:
-        for frame in reader.frames():
-            if frame.index >= 40:
-                break
-            writer.write(frame.image, frame.pts, frame.duration)
-    return out
+def short_bbb(bbb_path, tmp_path_factory) -> Path:
+    """The first 40 frames of bigbuckbunny at 64x36 with its AAC audio: long enough for 5 segments of 8."""
+    return shrink_clip(Path(bbb_path), tmp_path_factory.mktemp("media") / "bbb_40f.mp4", frames=40)
