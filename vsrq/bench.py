@@ -142,6 +142,10 @@ def run_bench(*, model: str | None, config: dict | None, input: Path | None, siz
                 ms = median_ms(lambda: net(x), dev, repeat=repeat)
             peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
             res["forward"][p] = {"ms": ms, "frames_per_s": chunk / ms * 1e3, "peak_bytes": peak}
+            if dev.type == "cuda":  # the next variant's peak must not include this one's weights
+                del net
+                variants[p].to("cpu")
+                torch.cuda.empty_cache()
         if layers:
             res["layers"] = layer_table(variants, precisions, dev, dtype, x, repeat)
         if pipeline:
@@ -159,6 +163,8 @@ def layer_table(variants: dict[str, nn.Module], precisions: list[str], dev: torc
         fp.to(dev, dtype)(x)
     for hk in hooks:
         hk.remove()
+    for v in variants.values():
+        v.to(dev, dtype)
     rows, seen = [], set()
     for n in names:
         inp = captured[n].reshape(-1, captured[n].shape[-1])
