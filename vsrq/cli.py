@@ -197,6 +197,12 @@ def _run_batch(jobs: list[tuple[Path, Path]], loaded: Any, opts: Any, enc: Any, 
                 raise
             failed.append(src.name)
             typer.echo(f"vsrq: error: {exc}", err=True)
+        except Exception as exc:  # noqa: BLE001 - one file's crash must not end the batch
+            if os.environ.get("VSRQ_DEBUG"):
+                raise
+            failed.append(src.name)
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            typer.echo(f"vsrq: error: {src.name}: internal error: {type(exc).__name__}: {first}", err=True)
     summary = f"batch: {done} upscaled, {skipped} skipped (output exists), {len(failed)} failed"
     if failed:
         fail(f"{summary}: {', '.join(failed)}")
@@ -308,9 +314,7 @@ def quantize(
     result = quantize_model(loaded.module, recipe, clips, progress=lambda line: (bar.update(1), bar.set_postfix_str(line.split(": ", 1)[-1])))
     bar.close()
     rep = {"source_model": loaded.name, **result.report(recipe)}
-    # the label says what the layers hold: a recipe that raised every activation to 8 bits is W4A8
-    a_bits = 8 if recipe.a_bits < 8 and rep.get("act_bits_8_share") == 1.0 else recipe.a_bits
-    precision = f"w{recipe.w_bits}a{a_bits}"
+    precision = result.precision()
     arch = loaded.module.arch
     save_quantized(result.model, out, arch=arch, config=ARCHITECTURES[arch].config_of(loaded.module), precision=precision, report=rep)
     if report is not None:

@@ -139,6 +139,9 @@ def test_preset_bits_hold_unless_bits_is_given(fp_model, tmp_path):
     assert run("quantize", "--model", fp_model, "--method", "rtn-w8a8", "--bits", "4", "--out", out4, "-q").exit_code == 0
     assert load_model(str(out4)).precision == "w4a4"
     assert run("quantize", "--model", fp_model, "--bits", "9", "--out", tmp_path / "x.safetensors", "-q").exit_code == 2
+    out48 = tmp_path / "w4a8.safetensors"  # the label comes from what the layers hold
+    assert run("quantize", "--model", fp_model, "--bits", "4", "--act-bits", "8", "--out", out48, "-q").exit_code == 0
+    assert load_model(str(out48)).precision == "w4a8"
 
 
 def test_quantize_writes_the_adaln_modulation_folded(fp_model, tmp_path):

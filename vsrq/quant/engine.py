@@ -50,6 +50,15 @@ class QuantResult:
         }
 
 
+    def precision(self) -> str:
+        """The checkpoint's label from what its layers hold: the lowest weight and activation bits
+        of any quantized layer (a recipe that raised every activation to 8 bits is W4A8)."""
+        mods = [self.model.get_submodule(c.name) for c in self.choices]
+        w = min((getattr(m, "w_bits", 16) for m in mods), default=16)
+        a = min((getattr(m, "a_bits", 16) for m in mods), default=16)
+        return f"w{w}a{a}"
+
+
 def act_share(model: nn.Module, names: list[str], bits: int = 8) -> float:
     """Share of the activation values per token (input widths) of `names` quantized with >= `bits`."""
     mods = [model.get_submodule(n) for n in names]
