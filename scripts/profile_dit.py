@@ -16,12 +16,11 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from vsrq.bench import rtn_variant
+from vsrq.bench import median_ms, rtn_variant
 from vsrq.models.loader import ARCHITECTURES
 
 CATEGORIES = [
     ("act-quant", r"act_quant"),
-    ("fused act-quant (inductor)", r"triton_.*(floor|clamp|round|amax|abs)"),
     ("w4a4-gemm", r"qgemm"),
     ("unpack", r"unpack"),
     ("attention", r"flash|fmha|attention|sdpa|softmax"),
@@ -30,23 +29,6 @@ CATEGORIES = [
     ("copy/permute", r"copy|cat|index|gather|roll|elementwise_kernel_with_index|transpose"),
     ("elementwise", r"elementwise|vectorized|reduce|silu|gelu|mul|add"),
 ]
-
-
-class ActInGraph(torch.nn.Module):
-    """Runs a compiled W4A4 model with QuantLinear.compile_act_in_graph set (read at trace time)."""
-
-    def __init__(self, net: torch.nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from vsrq.quant.qlinear import QuantLinear
-
-        QuantLinear.compile_act_in_graph = True
-        try:
-            return self.net(x)
-        finally:
-            QuantLinear.compile_act_in_graph = False
 
 
 def category(name: str) -> str:
@@ -76,15 +58,9 @@ def profile_forward(net: torch.nn.Module, x: torch.Tensor, iters: int) -> tuple[
     return dict(per_cat), kernels
 
 
-def wall_ms(net: torch.nn.Module, x: torch.Tensor, iters: int = 5) -> float:
+def wall_ms(net: torch.nn.Module, x: torch.Tensor) -> float:
     with torch.inference_mode():
-        net(x)
-        torch.cuda.synchronize()
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        times = []
-        for _ in range(iters):
-            s.record(); net(x); e.record(); torch.cuda.synchronize(); times.append(s.elapsed_time(e))
-    return sorted(times)[len(times) // 2]
+        return median_ms(lambda: net(x), x.device, warmup=1, repeat=5)
 
 
 def main() -> None:
@@ -97,8 +73,6 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--json", default=None)
     ap.add_argument("--compile", action="store_true", help="also torch.compile both models (same glue fusion for both)")
-    ap.add_argument("--act-in-graph", action="store_true",
-                    help="also a compiled W4A4 whose act-quant is torch code fused by inductor (QuantLinear.compile_act_in_graph)")
     a = ap.parse_args()
     cfg = {"dim": a.dim, "depth": a.depth, "heads": a.heads, "mlp_ratio": 4.0, "patch": [1, 2, 2], "window": [4, 8, 8], "scale": 2}
     w, h = map(int, a.size.split("x"))
@@ -111,10 +85,6 @@ def main() -> None:
     nets = [("bf16", fp), ("w4a4", w4)]
     if a.compile:
         nets += [("bf16+compile", torch.compile(fp)), ("w4a4+compile", torch.compile(w4))]
-    if a.act_in_graph:
-        import copy
-
-        nets.append(("w4a4+compile+actgraph", ActInGraph(torch.compile(copy.deepcopy(w4)))))
     for name, net in nets:
         try:
             cats, kernels = profile_forward(net, x, a.iters)
@@ -133,9 +103,8 @@ def main() -> None:
     for name, _ in nets:
         if name in out and base:
             print(f"{name:<14} wall {out[name]['wall_ms']:8.2f} ms   speed vs bf16 (eager) {base / out[name]['wall_ms']:.2f}x")
-    for name in ("w4a4+compile", "w4a4+compile+actgraph"):
-        if "bf16+compile" in out and name in out:
-            print(f"{name} vs bf16+compile: {out['bf16+compile']['wall_ms'] / out[name]['wall_ms']:.2f}x")
+    if "bf16+compile" in out and "w4a4+compile" in out:
+        print(f"w4a4+compile vs bf16+compile: {out['bf16+compile']['wall_ms'] / out['w4a4+compile']['wall_ms']:.2f}x")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)

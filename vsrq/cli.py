@@ -289,7 +289,7 @@ def quantize(
     from tqdm import tqdm
 
     from vsrq.models.loader import ARCHITECTURES, load_model
-    from vsrq.models.registry import QUANTIZED_PRECISIONS
+    from vsrq.models.registry import is_quantized
     from vsrq.quant.calibrate import clips_from_videos, default_calibration_clips, find_videos
     from vsrq.quant.checkpoint import save_quantized
     from vsrq.quant.engine import quantize_model
@@ -307,7 +307,7 @@ def quantize(
     # the recipe's own bits hold, so `--method rtn-w8a8` gives W8A8.
     recipe = load_recipe(method, w_bits=bits, a_bits=act_bits if act_bits is not None else bits, group_size=group_size, rank=rank)
     loaded = load_model(model)
-    if loaded.precision in QUANTIZED_PRECISIONS:
+    if is_quantized(loaded.precision):
         fail(f"{loaded.name} is already quantized ({loaded.precision}); quantize its full-precision model")
     clips = clips_from_videos(find_videos(calib)) if calib is not None else default_calibration_clips()
     bar = tqdm(total=None, desc="quantize", unit="layer", disable=quiet)

@@ -38,13 +38,6 @@ for m, k, n, rank, smooth, act in [(37, 96, 40, 8, True, ""), (5, 200, 24, 0, Fa
                           q.hadamard_block, q.activation or "", q.act_clip_float),
                           test_utils=("test_schema", "test_faketensor"))
     print("ok", m, k, n, err)
-    if q.wzero is None and not q.hadamard_block:  # the in-graph path: torch act-quant + opaque GEMM op
-        QuantLinear.compile_act_in_graph = True
-        assert q._act_in_graph()
-        y2 = q._forward_act_in_graph(x, None, None)
-        err2 = ((y2 - ref).norm() / ref.norm()).item()
-        assert err2 < 1e-2, (m, k, n, err2)
-        print("ok-graph", m, k, n, err2)
 """
 
 
@@ -56,4 +49,3 @@ def test_compile_op_matches_the_module_and_registers_cleanly() -> None:
     out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, env=env, cwd=root, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("ok ") == 2
-    assert out.stdout.count("ok-graph ") == 2

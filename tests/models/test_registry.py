@@ -63,6 +63,7 @@ def test_wrong_sha256_is_refused(tmp_path, monkeypatch):
 @pytest.mark.parametrize("entry, message", [
     ('arch = "vsrq-dit"\nprecision = "fp32"\nweights = "x.safetensors"\ncolour = "red"', "unknown keys"),
     ('arch = "vsrq-dit"\nprecision = "fp8"\nweights = "x.safetensors"', "precision"),
+    ('arch = "vsrq-dit"\nprecision = "w9a4"\nweights = "x.safetensors"', "wXaY"),
     ('arch = "vsrq-dit"\nprecision = "fp16"\nweights = "package:../../etc/passwd"', "plain file name"),
     ('arch = "vsrq-dit"\nprecision = "fp16"\nweights = "hf://a/b@main/c.safetensors"', "sha256"),
     ('arch = "vsrq-dit"\nprecision = "fp16"\nweights = "hf://nonsense"', "Hub reference"),

@@ -12,7 +12,7 @@ from vsrq.kernels.act_quant import act_quant
 from vsrq.kernels.qgemm import qgemm
 from vsrq.kernels.reference import gemm_group_size
 
-__all__ = ["quant_linear", "quant_linear_op", "qgemm_op"]
+__all__ = ["quant_linear", "quant_linear_op"]
 
 
 def quant_linear(
@@ -74,24 +74,3 @@ def _quant_linear_shape(x, w, wscale, wzero, smooth, lora_down, lora_up, bias, g
                         a_bits, act_group, hadamard_block, activation, clip_ratio) -> torch.Tensor:
     return x.new_empty(x.shape[0], w.shape[0])
 
-
-@torch.library.custom_op("vsrq::qgemm", mutates_args=())
-def qgemm_op(
-    q: torch.Tensor, scale: torch.Tensor, w: torch.Tensor, wscale: torch.Tensor, bias: torch.Tensor | None,
-    lowrank: torch.Tensor | None, lora_up: torch.Tensor | None, gate: torch.Tensor | None,
-    residual: torch.Tensor | None, k: int, packed: bool, signed: bool, activation: str, out_dtype: torch.dtype,
-) -> torch.Tensor:
-    """The GEMM half of a per-token, per-channel, symmetric W4A4 layer as one opaque op: under
-    torch.compile the activation half is plain torch code that inductor fuses into the op
-    producing x (LayerNorm + modulate), so a layer costs one extra launch instead of two."""
-    from vsrq.kernels.unpack import unpack_int4_to_int8
-
-    w8 = unpack_int4_to_int8(w, k, signed=signed) if packed else w
-    return qgemm(q, scale, w8, wscale, bias=bias, lowrank=lowrank, lora_up=lora_up, activation=activation or None,
-                 gate=gate, residual=residual, out_dtype=out_dtype)
-
-
-@qgemm_op.register_fake
-def _qgemm_shape(q, scale, w, wscale, bias, lowrank, lora_up, gate, residual, k, packed, signed, activation,
-                 out_dtype) -> torch.Tensor:
-    return q.new_empty(q.shape[0], w.shape[0], dtype=out_dtype)

@@ -21,7 +21,7 @@ from torch import nn
 
 from vsrq.errors import ModelError
 from vsrq.models.dit import DiTConfig, VSRDiT, state_is_folded
-from vsrq.models.registry import QUANTIZED_PRECISIONS, ModelSpec, load_registry, resolve_weights
+from vsrq.models.registry import ModelSpec, is_quantized, load_registry, resolve_weights
 from vsrq.quant.checkpoint import FOLDED_META, install_quantized, quant_report, quantized_layer_names, write_checkpoint
 
 
@@ -117,7 +117,7 @@ def build_from_checkpoint(name: str, path: Path, spec: ModelSpec | None = None) 
         raise ModelError(f"{path}: its metadata says the {meta[FOLDED_META]} modulation is folded, but it holds no folded vectors (damaged file)")
     if quantized_layer_names(tensors):
         install_quantized(module, tensors)
-    elif precision in QUANTIZED_PRECISIONS:
+    elif is_quantized(precision):
         raise ModelError(f"{path}: says {precision} but holds no quantized layers")
     expected = module.state_dict()
     missing = sorted(set(expected) - set(tensors))

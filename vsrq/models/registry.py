@@ -24,8 +24,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
-PRECISIONS = ("fp32", "fp16", "bf16", "w8a8", "w4a8", "w4a4")
-QUANTIZED_PRECISIONS = ("w8a8", "w4a8", "w4a4")
+FLOAT_PRECISIONS = ("fp32", "fp16", "bf16")
+_QUANTIZED = re.compile(r"^w[2-8]a[2-8]$")  # wXaY: the lowest weight / activation bits of any layer
+
+
+def is_quantized(precision: str) -> bool:
+    return bool(_QUANTIZED.match(precision))
 ENTRY_KEYS = {"arch", "description", "weights", "sha256", "precision", "config", "source"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _HF_REF = re.compile(r"^hf://(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)@(?P<rev>[\w./-]+?)/(?P<file>[^@]+)$")
@@ -81,8 +85,9 @@ def _validate_entry(name: str, entry: dict, origin: Path) -> ModelSpec:
     for key in ("arch", "weights", "precision"):
         if not isinstance(entry.get(key), str) or not entry[key]:
             raise ModelError(f"{where}: missing or empty {key!r}")
-    if entry["precision"] not in PRECISIONS:
-        raise ModelError(f"{where}: precision {entry['precision']!r} is not one of {', '.join(PRECISIONS)}")
+    if entry["precision"] not in FLOAT_PRECISIONS and not is_quantized(entry["precision"]):
+        raise ModelError(f"{where}: precision {entry['precision']!r} is not one of {', '.join(FLOAT_PRECISIONS)} "
+                         "or wXaY (X, Y in 2..8)")
     weights = entry["weights"]
     sha = entry.get("sha256")
     if sha is not None and not (isinstance(sha, str) and _SHA256.match(sha)):

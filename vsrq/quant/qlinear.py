@@ -382,8 +382,6 @@ class QuantLinear(nn.Module):
         x2 = x.reshape(-1, k)
         g2 = None if gate is None else gate.reshape(-1, n)
         r2 = None if residual is None else residual.reshape(-1, n)
-        if torch.compiler.is_compiling() and x2.is_cuda and self.backend != "reference" and self._act_in_graph():
-            return self._forward_act_in_graph(x2, g2, r2).reshape(*lead, n)
         if torch.compiler.is_compiling() and x2.is_cuda and self.backend != "reference":
             # one opaque op for torch.compile: the graph around it (norms, modulation, residuals)
             # is fused by inductor, the quantized linear runs our kernels as in eager mode
@@ -412,30 +410,6 @@ class QuantLinear(nn.Module):
         else:
             y = quant_linear_ref(x2, self.int_weight(), self.wscale, gate=g2, residual=r2, **common)
         return y.reshape(*lead, n)
-
-    # Under torch.compile, whether the activation quantization is left to inductor as torch code
-    # (fused into the op that produces x) with only the GEMM opaque. Off until measured faster.
-    compile_act_in_graph: bool = False
-
-    def _act_in_graph(self) -> bool:
-        """The in-graph path covers per-token activations, per-channel symmetric weights, no Hadamard."""
-        return (self.compile_act_in_graph and self.act_group_size in (None, 0, self.in_features)
-                and self.wzero is None and self.wscale.shape[1] == 1 and not self.hadamard_block)
-
-    def _forward_act_in_graph(self, x2: torch.Tensor, g2: torch.Tensor | None, r2: torch.Tensor | None) -> torch.Tensor:
-        """Act-quant as the reference's torch ops (inductor fuses them with their producer), then
-        the opaque GEMM op; the numbers are the reference's up to fp rounding order."""
-        from vsrq.kernels.linear import qgemm_op
-        from vsrq.kernels.reference import _quantize_transformed, transform_input
-
-        xh = transform_input(x2, self.smooth, 0)
-        qf, scale = _quantize_transformed(xh, self.a_bits, None, self.act_clip_float)
-        lowrank = None
-        if self.lora_down is not None and self.lora_down.shape[1]:
-            lowrank = xh.to(self.lora_down.dtype) @ self.lora_down
-        return qgemm_op(qf.to(torch.int8), scale, self.qweight, self.wscale, self.effective_bias(), lowrank,
-                        self.lora_up, None if g2 is None else g2.contiguous(), None if r2 is None else r2.contiguous(),
-                        self.in_features, self.packed, self.symmetric, self.activation or "", x2.dtype)
 
     def weight_bytes(self) -> int:
         """Bytes of the resident quantized weight (packed ints + scales + zeros + low-rank)."""
