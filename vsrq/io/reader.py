@@ -114,6 +114,8 @@ class VideoReader:
                 if state.index == 0:
                     self._check_head(stream, vframe)
                 frame = self._to_frame(vframe, state)
+                if frame is None:  # could not be converted; skipped under on_error="skip"
+                    continue
                 state.end_time = frame.time + (float(frame.duration * self.info.time_base) if frame.duration else 0.0)
                 yield frame
                 state.index += 1
@@ -139,7 +141,13 @@ class VideoReader:
             except (av.FFmpegError, OSError, ValueError) as err:
                 self._damaged(state, f"unreadable from here on: {describe_error(err)}")
                 state.unreadable = describe_error(err)
-                return  # a demuxer that failed once cannot be trusted to find the next packet
+                # a demuxer that failed once cannot be trusted to find the next packet, but the
+                # (threaded) decoder still holds good pictures of the packets it already had
+                try:
+                    yield from stream.decode(None)
+                except (av.FFmpegError, OSError, ValueError):
+                    pass
+                return
             try:
                 decoded = stream.decode(packet)
             except (av.FFmpegError, OSError, ValueError) as err:
@@ -227,7 +235,7 @@ class VideoReader:
                         self.path, *size, vframe.width, vframe.height, state.index, *size)
         return {"width": size[0], "height": size[1]}
 
-    def _to_frame(self, vframe: av.VideoFrame, state: _Pass) -> Frame:
+    def _to_frame(self, vframe: av.VideoFrame, state: _Pass) -> Frame | None:
         try:
             image = vframe.to_ndarray(
                 format=self._rgb_format,
@@ -236,9 +244,11 @@ class VideoReader:
                 **self._size(vframe, state),
             )
         except (av.FFmpegError, ValueError) as err:
-            raise InputError(f"{self.path}: damaged video data at frame {state.index} ({describe_error(err)})") from None
+            self._damaged(state, f"picture cannot be converted: {describe_error(err)}")  # raises under "stop"
+            state.undecodable += 1
+            return None
         if self.info.rotation:
             image = np.ascontiguousarray(np.rot90(image, k=self.info.rotation // 90))
         pts = self._pts(vframe.pts, state)
-        time = float(vframe.time) if pts == vframe.pts and vframe.time is not None else float(pts * self.info.time_base)
+        time = float(pts * self.info.time_base)
         return Frame(image=image, pts=pts, time=time, index=state.index, duration=vframe.duration or None)

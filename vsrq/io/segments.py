@@ -11,7 +11,6 @@ each packet travel beside the segment, in the encoder's time base, and are put b
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -19,9 +18,9 @@ from fractions import Fraction
 import av
 
 from vsrq.errors import OutputError
-from vsrq.io import remux
-from vsrq.io.output_path import make_temp_beside, publish, remove_quietly
+from vsrq.io.output_path import make_temp_beside, remove_quietly
 from vsrq.io.probe import VideoInfo, describe_error
+from vsrq.io.writer import publish_video
 
 SEGMENT_SUFFIX = ".nut"
 
@@ -78,17 +77,9 @@ def assemble(segments: Sequence[Segment], source: VideoInfo, target: str, *, ove
         temps.append(video)
         try:
             format_name = concat_segments(segments, video)
-        except (av.FFmpegError, OSError) as err:
-            raise OutputError(f"{target}: joining the video segments failed ({describe_error(err)})") from None
-        final = video
-        companions = list(source.audio_streams + source.subtitle_streams)
-        if companions:
-            final = make_temp_beside(target, "mux")
-            temps.append(final)
-            remux.remux(video, source.path, companions, final, format_name)
-        if not overwrite and os.path.lexists(target):
-            raise OutputError(f"{target}: file appeared while encoding (pass overwrite to replace it)")
-        publish(final, target)
-        temps.remove(final)
+        except (av.FFmpegError, OSError, IndexError, ValueError) as err:  # IndexError: a segment without video
+            raise OutputError(f"{target}: joining the video segments failed ({describe_error(err)}); "
+                              "remove the work directory and start again") from None
+        publish_video(video, source, target, format_name, overwrite=overwrite, temps=temps)
     finally:
         remove_quietly(temps)

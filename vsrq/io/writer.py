@@ -234,18 +234,8 @@ class VideoWriter:
                 self._container.close()  # writes the trailer: a full disk can show up only here
             except (av.FFmpegError, OSError) as err:
                 raise OutputError(f"{self.target}: writing failed ({describe_error(err)})") from None
-            final = self._video_temp
-            companions = list(self.source.audio_streams + self.source.subtitle_streams) \
-                if self.source and self._copy_streams else []
-            if companions:
-                final = make_temp_beside(self.target, "mux")
-                self._temps.append(final)
-                remux.remux(self._video_temp, self.source.path, companions, final,  # type: ignore[union-attr]
-                            format_name)
-            if not self._overwrite and os.path.lexists(self.target):
-                raise OutputError(f"{self.target}: file appeared while encoding (pass overwrite to replace it)")
-            publish(final, self.target)
-            self._temps.remove(final)
+            publish_video(self._video_temp, self.source if self._copy_streams else None, self.target, format_name,
+                          overwrite=self._overwrite, temps=self._temps)
         except BaseException:
             self.abort()
             raise
@@ -262,3 +252,20 @@ class VideoWriter:
             except Exception:  # the file is being thrown away; a failing trailer does not matter
                 pass
         remove_quietly(self._temps)
+
+
+def publish_video(video: str, source: VideoInfo | None, target: str, format_name: str, *, overwrite: bool,
+                  temps: list[str]) -> None:
+    """Put a finished video-only temp file at `target`: with the source's audio and subtitle
+    streams copied in (into another temp, listed in `temps`) when there are any, then renamed.
+    The caller removes whatever is left in `temps`."""
+    final = video
+    companions = list(source.audio_streams + source.subtitle_streams) if source else []
+    if companions:
+        final = make_temp_beside(target, "mux")
+        temps.append(final)
+        remux.remux(video, source.path, companions, final, format_name)  # type: ignore[union-attr]
+    if not overwrite and os.path.lexists(target):
+        raise OutputError(f"{target}: file appeared while encoding (pass overwrite to replace it)")
+    publish(final, target)
+    temps.remove(final)
