@@ -332,19 +332,24 @@ def correctness(quick: bool) -> None:
 # ----------------------------------------------------------------------------- timing
 
 
+def _float_operands(layer: object, m: int, k: int, n: int, r: int) -> None:
+    """The bf16 operands every layer bench starts from (x, W, bias, smoothing, low-rank), seeded by shape."""
+    g = torch.Generator(device=DEV).manual_seed(m + k + n)
+    layer.x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16, generator=g)
+    layer.w = (torch.randn(n, k, device=DEV, generator=g) / math.sqrt(k)).to(torch.bfloat16)
+    layer.bias = torch.randn(n, device=DEV, generator=g).to(torch.bfloat16)
+    layer.bias32 = layer.bias.float()
+    layer.smooth = torch.rand(k, device=DEV, generator=g) + 0.5
+    layer.ld = (torch.randn(k, r, device=DEV, generator=g) * 0.03).to(torch.bfloat16)
+    layer.lu = (torch.randn(r, n, device=DEV, generator=g) * 0.03).to(torch.bfloat16)
+
+
 class Layer:
     """Operands of one linear layer in every format, built once per shape."""
 
     def __init__(self, m: int, k: int, n: int, r: int = 32) -> None:
         self.m, self.k, self.n, self.r = m, k, n, r
-        g = torch.Generator(device=DEV).manual_seed(m + k + n)
-        self.x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16, generator=g)
-        self.w = (torch.randn(n, k, device=DEV, generator=g) / math.sqrt(k)).to(torch.bfloat16)
-        self.bias = torch.randn(n, device=DEV, generator=g).to(torch.bfloat16)
-        self.bias32 = self.bias.float()
-        self.smooth = torch.rand(k, device=DEV, generator=g) + 0.5
-        self.ld = (torch.randn(k, r, device=DEV, generator=g) * 0.03).to(torch.bfloat16)
-        self.lu = (torch.randn(r, n, device=DEV, generator=g) * 0.03).to(torch.bfloat16)
+        _float_operands(self, m, k, n, r)
         q4, self.s4, _ = quantize_weight(self.w.float(), 4, None, True, torch.float16)
         self.p4 = pack_int4(q4)
         self.w4 = unpack_int4_to_int8(self.p4, k)
@@ -556,14 +561,7 @@ class QuickLayer:
 
     def __init__(self, m: int, k: int, r: int = 32) -> None:
         self.m, self.k, self.n = m, k, k
-        g = torch.Generator(device=DEV).manual_seed(m + 3 * k)
-        self.x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16, generator=g)
-        self.w = (torch.randn(k, k, device=DEV, generator=g) / math.sqrt(k)).to(torch.bfloat16)
-        self.bias = torch.randn(k, device=DEV, generator=g).to(torch.bfloat16)
-        self.bias32 = self.bias.float()
-        self.smooth = torch.rand(k, device=DEV, generator=g) + 0.5
-        self.ld = (torch.randn(k, r, device=DEV, generator=g) * 0.03).to(torch.bfloat16)
-        self.lu = (torch.randn(r, k, device=DEV, generator=g) * 0.03).to(torch.bfloat16)
+        _float_operands(self, m, k, k, r)
         self.w4, self.s4, _ = quantize_weight(self.w.float(), 4, None, True, torch.float16)
         self.out = torch.empty(m, k, device=DEV, dtype=torch.bfloat16)
         # cuBLAS fp8: e4m3 holds -8..7 exactly; row-wise scales (M, 1) x (1, N) in fp32
