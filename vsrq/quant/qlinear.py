@@ -129,8 +129,8 @@ class QuantLinear(nn.Module):
             "act_clip", torch.full((1,), check_clip_ratio(act_clip), dtype=torch.float32, device=device)
         )
         self._clip_cache: tuple[torch.Tensor, int, float] | None = None
-        # the same value as a plain attribute: what a torch.compile'd forward reads (no .item())
-        self.act_clip_float = check_clip_ratio(act_clip)
+        self.act_clip_float = 1.0  # set by _clip_changed (what a torch.compile'd forward reads: no .item())
+        self._clip_changed()
         self._w8_cache: torch.Tensor | None = None
         self._w8_key: tuple | None = None
         self._scale_dtype = scale_dtype
@@ -216,8 +216,7 @@ class QuantLinear(nn.Module):
             with torch.no_grad():
                 self.act_clip.fill_(1.0)
         self._w8_cache = None
-        self._clip_cache = None
-        self.act_clip_float = check_clip_ratio(self.act_clip)
+        self._clip_changed()
 
     # ------------------------------------------------------------------ construction
 
@@ -310,8 +309,12 @@ class QuantLinear(nn.Module):
     def set_act_clip(self, ratio: float) -> None:
         """Set the DRAQ activation clip ratio (in (0, 1]; 1 = no clipping)."""
         self.act_clip.fill_(check_clip_ratio(ratio))
+        self._clip_changed()
+
+    def _clip_changed(self) -> None:
+        """After the act_clip buffer was written: drop the cached float and read it once."""
         self._clip_cache = None
-        self.act_clip_float = check_clip_ratio(ratio)
+        self.act_clip_value()
 
     def act_clip_value(self) -> float:
         """The clip ratio as a Python float, cached against the buffer's identity and version
