@@ -95,8 +95,8 @@ def upscale(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Registry name or path to a .safetensors checkpoint. Default: the registry's default."),
     scale: Optional[float] = typer.Option(None, "--scale", "-s", help="Output scale; default: the model's native scale. Other values resize the model's output."),
     device: str = typer.Option("auto", "--device", "-d", help="auto, cpu, cuda or cuda:N."),
-    chunk: int = typer.Option(8, "--chunk", help="Frames per temporal chunk."),
-    overlap: int = typer.Option(2, "--overlap", help="Frames shared by consecutive chunks (cross-faded); at most chunk/2."),
+    chunk: Optional[int] = typer.Option(None, "--chunk", help="Frames per temporal chunk; default: the model's (8; SeedVR2 21)."),
+    overlap: Optional[int] = typer.Option(None, "--overlap", help="Frames shared by consecutive chunks (cross-faded); at most chunk/2; default: the model's (2; SeedVR2 4)."),
     tile: int = typer.Option(0, "--tile", "-t", help="Tile size in input pixels; 0 = whole frames (halved automatically on out-of-memory)."),
     tile_overlap: int = typer.Option(16, "--tile-overlap", help="Input pixels shared by neighbouring tiles."),
     batch: int = typer.Option(1, "--batch", help="Tiles per forward pass."),
@@ -110,13 +110,26 @@ def upscale(
     segment_frames: int = typer.Option(240, "--segment-frames", hidden=True, help="Output frames per resumable segment."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     on_error: Literal["stop", "skip"] = typer.Option("stop", "--on-error", help="Damaged input (corrupt packets, truncated file): stop with an error naming the frame, or skip the damage, upscale what is readable and warn what was lost."),
+    colour_fix: Optional[str] = typer.Option(None, "--colour-fix", help="SeedVR2: colour correction against the input: wavelet (default), adain or none."),
+    vae_tile: Optional[int] = typer.Option(None, "--vae-tile", help="SeedVR2: VAE tile side in output pixels (multiple of 16; 0 = whole frames), seams blended."),
+    offload: bool = typer.Option(False, "--offload", help="SeedVR2: keep the DiT's blocks in host memory and stream them to the GPU one at a time (small cards)."),
+    max_vram: Optional[float] = typer.Option(None, "--max-vram", help="SeedVR2 on CUDA: GiB of GPU memory to stay within; picks --chunk and --vae-tile (and --offload) from a measured estimate."),
+    seed: int = typer.Option(0, "--seed", help="SeedVR2: seed of the diffusion noise (the same seed gives the same video)."),
 ) -> None:
     """Upscale a video (or every video in a folder) with a one-step DiT VSR model; audio and subtitles are copied unchanged."""
     from vsrq.models.loader import load_model
     from vsrq.pipeline.upscale import EncodeOptions, UpscaleOptions
 
-    if chunk < 1 or overlap < 0 or 2 * overlap > chunk:
+    if chunk is not None and chunk < 1:
+        fail(f"--chunk must be at least 1, got {chunk}", 2)
+    if overlap is not None and chunk is not None and not 0 <= overlap <= chunk // 2:
         fail(f"--overlap must be between 0 and half of --chunk ({chunk // 2}); got --chunk {chunk} --overlap {overlap}", 2)
+    if vae_tile is not None and (vae_tile < 0 or vae_tile % 16):
+        fail(f"--vae-tile must be 0 or a positive multiple of 16, got {vae_tile}", 2)
+    if max_vram is not None and max_vram <= 0:
+        fail(f"--max-vram must be a positive number of GiB, got {max_vram}", 2)
+    if colour_fix is not None and colour_fix not in ("wavelet", "adain", "none"):
+        fail(f"--colour-fix must be wavelet, adain or none, got {colour_fix!r}", 2)
     if tile < 0 or tile_overlap < 0 or (tile and tile_overlap >= tile):
         fail("--tile must be 0 or larger than --tile-overlap", 2)
     if batch < 1:
@@ -125,17 +138,48 @@ def upscale(
         fail("--segment-frames must be at least 1", 2)
     if scale is not None and not 0 < scale <= 16:
         fail(f"--scale must be in (0, 16], got {scale}", 2)
+    enc = EncodeOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, overwrite=overwrite)
+    jobs = _batch_jobs(input, output, overwrite) if input.is_dir() else None
+    if jobs is None:
+        _check_paths(input, output, overwrite)
+    loaded = load_model(model)
+    restorer = {"colour_fix": colour_fix, "vae_tile": vae_tile, "offload_blocks": offload or None, "max_vram": max_vram,
+                "seed": seed or None}
+    chunk, overlap = _configure_model(loaded, scale, chunk, overlap, restorer, device)
     opts = UpscaleOptions(chunk=chunk, overlap=overlap, tile=tile, tile_overlap=tile_overlap, outscale=scale,
                           device=device, batch=batch, segment_frames=segment_frames, on_error=on_error)
-    enc = EncodeOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, overwrite=overwrite)
-    if input.is_dir():
-        jobs = _batch_jobs(input, output, overwrite)
-        loaded = load_model(model)
+    if jobs is not None:
         _run_batch(jobs, loaded, opts, enc, resume, space_check, quiet)
         return
-    _check_paths(input, output, overwrite)
-    loaded = load_model(model)
     _upscale_one(input, output, loaded, opts, enc, resume, space_check, quiet)
+
+
+def _configure_model(loaded: Any, scale: Optional[float], chunk: Optional[int], overlap: Optional[int],
+                     restorer: dict, device: str) -> tuple[int, int]:
+    """Apply the model-specific options (SeedVR2's) and fill chunk/overlap from the model's defaults."""
+    from dataclasses import replace
+
+    given = {k: v for k, v in restorer.items() if v is not None}
+    settings = getattr(loaded.module, "settings", None)
+    if given and settings is None:
+        names = ", ".join("--" + k.replace("_blocks", "").replace("_", "-") for k in given)
+        fail(f"{names} apply to SeedVR2 models only; {loaded.name} is a {getattr(loaded.module, 'arch', 'vsrq')} model", 2)
+    pref_chunk, pref_overlap = getattr(loaded.module, "preferred_chunk", (8, 2))
+    if settings is not None:
+        max_vram = given.pop("max_vram", None)
+        loaded.module.settings = replace(settings, **given, **({"scale": scale} if scale is not None else {}))
+        if max_vram is not None:
+            from vsrq.pipeline.vram import plan_for_budget
+
+            plan = plan_for_budget(loaded, max_vram, device, chunk)
+            loaded.module.settings = replace(loaded.module.settings, vae_tile=plan.vae_tile, offload_blocks=plan.offload)
+            pref_chunk, pref_overlap = plan.chunk, min(pref_overlap, plan.chunk // 2)
+            warn(plan.describe())
+    chunk = pref_chunk if chunk is None else chunk
+    overlap = min(pref_overlap, chunk // 2) if overlap is None else overlap
+    if not 0 <= overlap <= chunk // 2:
+        fail(f"--overlap must be between 0 and half of --chunk ({chunk // 2}); got --chunk {chunk} --overlap {overlap}", 2)
+    return chunk, overlap
 
 
 def _upscale_one(input: Path, output: Path, loaded: Any, opts: Any, enc: Any, resume: bool, space_check: bool,

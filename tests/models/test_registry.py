@@ -133,7 +133,7 @@ def test_hub_weights_missing_offline_say_what_to_fetch(tmp_path, monkeypatch):
     write_registry(tmp_path, '[models.hubbed]\narch = "vsrq-dit"\nprecision = "fp16"\n'
                              f'weights = "hf://someone/big-vsr@v1.0/big.safetensors"\nsha256 = "{"1" * 64}"\n', monkeypatch)
     assert model_availability(load_registry()[0]["hubbed"]) == "missing"
-    with pytest.raises(ModelError, match=r"hf://someone/big-vsr@v1.0/big.safetensors.*HF_HUB_OFFLINE.*hf download someone/big-vsr big.safetensors --revision v1.0"):
+    with pytest.raises(ModelError, match=r"HF_HUB_OFFLINE.*hf://someone/big-vsr@v1.0/big.safetensors.*hf download someone/big-vsr big.safetensors --revision v1.0"):
         load_model("hubbed")
 
 

@@ -1,3 +1,5 @@
+from fractions import Fraction
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -37,3 +39,16 @@ def test_tiled_model_output_matches_untiled():
     err = (tiled - full).abs()
     assert err.mean() < 0.02 * full.abs().mean()
     assert err.max() < 0.25
+
+
+def test_tiling_handles_fractional_scale_and_new_channel_and_time_shapes():
+    """A VAE-encoder-like fn: 8x8 average pooling (scale 1/8), 3 -> 4 channels, T -> (T-1)/4+1 frames."""
+    def encode_like(v: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = v.shape
+        pooled = F.avg_pool3d(v, kernel_size=(1, 8, 8))[:, :, ::4]
+        return torch.cat([pooled, pooled.mean(1, keepdim=True)], dim=1)
+
+    x = torch.rand(1, 3, 5, 48, 72)
+    torch.testing.assert_close(tiled_apply(encode_like, x, scale=Fraction(1, 8), tile=24, overlap=8, align=8), encode_like(x))
+    with pytest.raises(ValueError, match="whole pixels"):
+        tiled_apply(encode_like, x, scale=Fraction(1, 8), tile=20, overlap=4, align=2)

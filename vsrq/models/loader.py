@@ -21,7 +21,7 @@ from torch import nn
 
 from vsrq.errors import ModelError
 from vsrq.models.dit import DiTConfig, VSRDiT, state_is_folded
-from vsrq.models.registry import ModelSpec, is_quantized, load_registry, resolve_weights
+from vsrq.models.registry import ModelSpec, find_local, is_quantized, load_registry, resolve_files, verify_sha256
 from vsrq.quant.checkpoint import FOLDED_META, install_quantized, quant_report, quantized_layer_names, write_checkpoint
 
 
@@ -55,8 +55,10 @@ class LoadedModel:
     quant: dict = field(default_factory=dict)
 
     @property
-    def scale(self) -> int:
-        return int(self.module.config.scale)
+    def scale(self) -> float:
+        """The model's native scale (an int where it is whole, as the vsrq DiTs' always are)."""
+        s = self.module.config.scale
+        return int(s) if float(s).is_integer() else float(s)
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -152,16 +154,62 @@ def fold_checkpoint(src: Path, dst: Path) -> LoadedModel:
     return loaded
 
 
+SEEDVR2_CONFIG_KEYS = {"dit", "scale"}
+
+
+def load_seedvr2(name: str, files: dict[str, Path], config: dict) -> LoadedModel:
+    """A SeedVR2 restorer from its DiT, VAE and text-embedding files (vsrq/models/seedvr2/load.py)."""
+    from vsrq.models.seedvr2.load import load_dit, load_text, load_vae
+    from vsrq.pipeline.seedvr2 import SeedVR2Restorer, SeedVR2Settings
+
+    unknown = set(config) - SEEDVR2_CONFIG_KEYS
+    if unknown:
+        raise ModelError(f"model {name!r}: unknown SeedVR2 config keys {sorted(unknown)} (allowed: {sorted(SEEDVR2_CONFIG_KEYS)})")
+    for role in ("vae", "text"):
+        if role not in files:
+            raise ModelError(f"model {name!r}: a SeedVR2 model needs a {role} file (registry: files.{role})")
+    dit, precision, quant = load_dit(files["weights"], config.get("dit"))
+    restorer = SeedVR2Restorer(dit, load_vae(files["vae"]), load_text(files["text"]),
+                               SeedVR2Settings(scale=float(config.get("scale", 2))))
+    return LoadedModel(name=name, module=restorer.eval(), precision=precision, weights_path=files["weights"], quant=quant)
+
+
+def _seedvr2_parts_for(path: Path, models: dict[str, ModelSpec]) -> dict[str, Path]:
+    """VAE and text files for a SeedVR2 DiT given by path: beside it (official names), else those
+    of a registered SeedVR2 model already on this machine (verified)."""
+    from vsrq.models.seedvr2.load import TEXT_NAMES, VAE_NAMES, companions
+
+    found = companions(path.parent)
+    for spec in models.values():
+        if spec.arch != "seedvr2":
+            continue
+        for role, part in spec.files.items():
+            if role not in found and (local := find_local(part)) is not None:
+                verify_sha256(local, part.sha256, f"model {spec.name!r} ({role})")
+                found[role] = local
+    missing = [f"{role} ({' or '.join(names)})" for role, names in (("vae", VAE_NAMES), ("text", TEXT_NAMES)) if role not in found]
+    if missing:
+        raise ModelError(f"{path} is a SeedVR2 DiT; it needs {' and '.join(missing)} beside it in {path.parent} "
+                         "(or a registered SeedVR2 model's files on this machine; see `vsrq models`)")
+    return {"weights": path, **found}
+
+
 def load_model(name_or_path: str | None) -> LoadedModel:
     """A registry name, a path to a checkpoint, or None for the default model."""
     models, default = load_registry()
     key = name_or_path or default
     if key in models:
         spec = models[key]
-        return build_from_checkpoint(key, resolve_weights(spec), spec)
+        if spec.arch == "seedvr2":
+            return load_seedvr2(key, resolve_files(spec), spec.config)
+        return build_from_checkpoint(key, resolve_files(spec)["weights"], spec)
     path = Path(key).expanduser()
     if path.suffix in {".safetensors", ".pth", ".pt", ".ckpt", ".bin"} or path.exists():
         if not path.is_file():
             raise ModelError(f"model file {path} does not exist")
+        from vsrq.models.seedvr2.load import is_seedvr2_dit_file
+
+        if is_seedvr2_dit_file(path):
+            return load_seedvr2(path.stem, _seedvr2_parts_for(path, models), {})
         return build_from_checkpoint(path.stem, path)
     raise ModelError(f"unknown model {key!r}; known: {', '.join(sorted(models))} (or a path to a .safetensors file)")

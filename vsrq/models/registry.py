@@ -30,7 +30,8 @@ _QUANTIZED = re.compile(r"^w[2-8]a[2-8]$")  # wXaY: the lowest weight / activati
 
 def is_quantized(precision: str) -> bool:
     return bool(_QUANTIZED.match(precision))
-ENTRY_KEYS = {"arch", "description", "weights", "sha256", "precision", "config", "source"}
+ENTRY_KEYS = {"arch", "description", "weights", "sha256", "precision", "config", "source", "fetch", "files"}
+FILE_KEYS = {"weights", "sha256", "fetch"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _HF_REF = re.compile(r"^hf://(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)@(?P<rev>[\w./-]+?)/(?P<file>[^@]+)$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -48,10 +49,26 @@ class ModelSpec:
     sha256: str | None = None
     description: str = ""
     source: str | None = None
+    fetch: str | None = None  # how to get the weights where the reference alone does not say (not on the Hub)
+    files: dict[str, FileRef] = field(default_factory=dict)  # further parts of a model (a VAE, text embeddings)
 
     @property
     def is_hub(self) -> bool:
         return self.weights.startswith("hf://")
+
+    def all_files(self) -> dict[str, FileRef]:
+        """Every file the model needs, the main weights first."""
+        return {"weights": FileRef("weights", self.weights, self.sha256, self.fetch), **self.files}
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """One file a model needs: where it comes from, its digest, and how to fetch it by hand."""
+
+    role: str
+    ref: str
+    sha256: str | None = None
+    fetch: str | None = None
 
 
 @dataclass(frozen=True)
@@ -90,19 +107,16 @@ def _validate_entry(name: str, entry: dict, origin: Path) -> ModelSpec:
                          "or wXaY (X, Y in 2..8)")
     weights = entry["weights"]
     sha = entry.get("sha256")
-    if sha is not None and not (isinstance(sha, str) and _SHA256.match(sha)):
-        raise ModelError(f"{where}: sha256 must be 64 lowercase hex digits")
-    if weights.startswith("package:"):
-        rel = weights[len("package:"):]
-        if "/" in rel or "\\" in rel or rel.startswith(".") or not rel:
-            raise ModelError(f"{where}: package weights must be a plain file name, got {rel!r}")
-    elif weights.startswith("hf://"):
-        parse_hub_ref(weights)
-        if sha is None:
-            raise ModelError(f"{where}: Hub weights need a sha256 to be verified against")
+    _validate_ref(where, weights, sha, entry.get("fetch"))
     config = entry.get("config", {})
     if not isinstance(config, dict):
         raise ModelError(f"{where}: config must be a table")
+    files = {}
+    for role, part in (entry.get("files") or {}).items():
+        if not isinstance(part, dict) or set(part) - FILE_KEYS or not isinstance(part.get("weights"), str) or not part["weights"]:
+            raise ModelError(f"{where}: files.{role} must be a table with 'weights' and optional 'sha256', 'fetch'")
+        _validate_ref(f"{where}: files.{role}", part["weights"], part.get("sha256"), part.get("fetch"))
+        files[role] = FileRef(role, part["weights"], part.get("sha256"), part.get("fetch"))
     return ModelSpec(
         name=name,
         arch=entry["arch"],
@@ -112,7 +126,26 @@ def _validate_entry(name: str, entry: dict, origin: Path) -> ModelSpec:
         sha256=sha,
         description=entry.get("description", ""),
         source=entry.get("source"),
+        fetch=entry.get("fetch"),
+        files=files,
     )
+
+
+def _validate_ref(where: str, ref: str, sha: object, fetch: object) -> None:
+    if sha is not None and not (isinstance(sha, str) and _SHA256.match(sha)):
+        raise ModelError(f"{where}: sha256 must be 64 lowercase hex digits")
+    if fetch is not None and not isinstance(fetch, str):
+        raise ModelError(f"{where}: fetch must be a string")
+    for prefix in ("package:", "cache:"):
+        if ref.startswith(prefix):
+            rel = ref[len(prefix):]
+            if rel.startswith(("/", ".")) or "\\" in rel or ".." in rel.split("/") or not rel or (prefix == "package:" and "/" in rel):
+                kind = "a plain file name" if prefix == "package:" else "a relative path inside the vsrq cache"
+                raise ModelError(f"{where}: {prefix[:-1]} weights must be {kind}, got {rel!r}")
+    if ref.startswith("hf://"):
+        parse_hub_ref(ref)
+        if sha is None:
+            raise ModelError(f"{where}: Hub weights need a sha256 to be verified against")
 
 
 def read_registry(path: Path) -> tuple[dict[str, ModelSpec], str | None]:
@@ -194,55 +227,103 @@ def verify_sha256(path: Path, expected: str | None, what: str) -> None:
         pass  # the marker only saves time
 
 
-def _resolve_hub(ref: HubRef, spec_name: str) -> Path:
+def _fetch_hint(ref: str, fetch: str | None, local: Path | None) -> str:
+    """How to get one file by hand, in a few words."""
+    if ref.startswith("hf://"):
+        hub = parse_hub_ref(ref)
+        return (f"`hf download {hub.repo_id} {hub.filename} --revision {hub.revision}` (cache: {hf_cache_dir()})"
+                + (f"; {fetch}" if fetch else ""))
+    return f"put it at {local}" + (f" ({fetch})" if fetch else "")
+
+
+def _hub_cached(ref: HubRef) -> Path | None:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    cache = hf_cache_dir()
     try:
-        return Path(hf_hub_download(ref.repo_id, ref.filename, revision=ref.revision, cache_dir=cache, local_files_only=True))
+        return Path(hf_hub_download(ref.repo_id, ref.filename, revision=ref.revision, cache_dir=hf_cache_dir(), local_files_only=True))
     except (LocalEntryNotFoundError, FileNotFoundError, OSError):
-        pass
-    how = (f"fetch it on a machine with network: `hf download {ref.repo_id} {ref.filename} --revision {ref.revision}` "
-           f"(cache: {cache}), or pass --model /path/to/{Path(ref.filename).name}")
-    if hub_offline():
-        raise ModelError(f"model {spec_name!r} needs {ref} which is not in the Hugging Face cache and HF_HUB_OFFLINE is set; {how}")
+        return None
+
+
+def _download(ref: HubRef, spec_name: str, hint: str) -> Path:
+    from huggingface_hub import hf_hub_download
+
     try:
-        return Path(hf_hub_download(ref.repo_id, ref.filename, revision=ref.revision, cache_dir=cache))
+        return Path(hf_hub_download(ref.repo_id, ref.filename, revision=ref.revision, cache_dir=hf_cache_dir()))
     except Exception as exc:  # network, auth, missing revision: all end the same way for the user
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelError(f"model {spec_name!r}: could not download {ref} ({reason}); {how}") from exc
+        raise ModelError(f"model {spec_name!r}: could not download {ref} ({reason}); fetch it on a machine with network: {hint}") from exc
+
+
+def local_path(ref: str) -> Path | None:
+    """Where a non-Hub reference lives on this machine (None for hf://)."""
+    if ref.startswith("package:"):
+        return Path(str(resources.files("vsrq") / "models" / "weights" / ref[len("package:"):]))
+    if ref.startswith("cache:"):
+        return cache_dir() / ref[len("cache:"):]
+    if ref.startswith("hf://"):
+        return None
+    return Path(ref).expanduser()
+
+
+def find_local(part: FileRef) -> Path | None:
+    """A file of a model if it is on this machine already (never downloads, not verified)."""
+    path = local_path(part.ref)
+    if path is None:
+        path = _hub_cached(parse_hub_ref(part.ref))
+    return path if path is not None and path.is_file() else None
+
+
+def resolve_files(spec: ModelSpec) -> dict[str, Path]:
+    """Local paths of every file of a model (role -> path), fetched if needed and verified.
+
+    All missing files are named in one error, each with how to get it, so a user with no network
+    learns the whole list at once instead of one file per attempt.
+    """
+    found: dict[str, Path] = {}
+    missing: list[tuple[FileRef, str]] = []
+    for role, part in spec.all_files().items():
+        path = find_local(part)
+        if path is not None:
+            found[role] = path
+        elif part.ref.startswith("package:"):
+            raise ModelError(f"model {spec.name!r}: packaged weights {local_path(part.ref).name} are missing from this installation (vsrq/models/weights/); reinstall vsrq")
+        else:
+            missing.append((part, _fetch_hint(part.ref, part.fetch, local_path(part.ref))))
+    hub_missing = [(p, h) for p, h in missing if p.ref.startswith("hf://")]
+    if missing and (len(hub_missing) < len(missing) or hub_offline()):
+        why = "HF_HUB_OFFLINE is set" if hub_offline() else "not all of them can be downloaded"
+        names = "; ".join(f"{p.role}: {p.ref} -> {h}" for p, h in missing)
+        raise ModelError(f"model {spec.name!r} needs {len(missing)} file(s) that are not here ({why}): {names}"
+                         + (f"; or pass --model /path/to/{Path(spec.weights).name}" if len(spec.all_files()) == 1 else ""))
+    for part, hint in hub_missing:
+        found[part.role] = _download(parse_hub_ref(part.ref), spec.name, hint)
+    for role, part in spec.all_files().items():
+        verify_sha256(found[role], part.sha256, f"model {spec.name!r}" + ("" if role == "weights" else f" ({role})"))
+    return found
 
 
 def resolve_weights(spec: ModelSpec) -> Path:
-    """The local path of a model's weights file, fetched if needed and verified against its sha256."""
-    ref = spec.weights
-    if ref.startswith("package:"):
-        path = Path(str(resources.files("vsrq") / "models" / "weights" / ref[len("package:"):]))
-        if not path.is_file():
-            raise ModelError(f"model {spec.name!r}: packaged weights {path.name} are missing from this installation (vsrq/models/weights/); reinstall vsrq")
-    elif ref.startswith("hf://"):
-        path = _resolve_hub(parse_hub_ref(ref), spec.name)
-    else:
-        path = Path(ref).expanduser()
-        if not path.is_file():
-            raise ModelError(f"model {spec.name!r}: weights file {path} does not exist")
-    verify_sha256(path, spec.sha256, f"model {spec.name!r}")
-    return path
+    """The local path of a model's main weights file (see resolve_files for models of several files)."""
+    return resolve_files(spec)["weights"]
 
 
 def model_availability(spec: ModelSpec) -> str:
-    """packaged / local / cached (ready now), remote (needs a download) or missing."""
-    ref = spec.weights
-    if ref.startswith("package:"):
-        path = Path(str(resources.files("vsrq") / "models" / "weights" / ref[len("package:"):]))
-        return "packaged" if path.is_file() else "missing"
-    if ref.startswith("hf://"):
+    """packaged / local / cached (ready now), remote (needs a download) or missing, over all its files."""
+    states = []
+    for part in spec.all_files().values():
+        path = local_path(part.ref)
+        if path is not None:
+            kind = "packaged" if part.ref.startswith("package:") else "local"
+            states.append(kind if path.is_file() else "missing")
+            continue
         from huggingface_hub import try_to_load_from_cache
 
-        hub = parse_hub_ref(ref)
+        hub = parse_hub_ref(part.ref)
         hit = try_to_load_from_cache(hub.repo_id, hub.filename, cache_dir=hf_cache_dir(), revision=hub.revision)
-        if isinstance(hit, str):
-            return "cached"
-        return "missing" if hub_offline() else "remote"
-    return "local" if Path(ref).expanduser().is_file() else "missing"
+        states.append("cached" if isinstance(hit, str) else ("missing" if hub_offline() else "remote"))
+    for state in ("missing", "remote", "cached", "local"):
+        if state in states:
+            return state
+    return "packaged"

@@ -111,7 +111,8 @@ class ChunkUpscaler:
         self.opts = opts
         self.device = pick_device(opts.device)
         self.dtype = pick_dtype(self.device)
-        self.net = model.module.to(self.device, self.dtype).eval()
+        place = getattr(model.module, "place", None)  # models that manage their own placement (block offload)
+        self.net = (place(self.device, self.dtype) if place else model.module.to(self.device, self.dtype)).eval()
         self.scale = model.scale
         cfg = getattr(self.net, "config", None)
         self.align = int(cfg.pixel_align[1]) if cfg is not None else 1
@@ -187,6 +188,8 @@ def job_fingerprint(info: VideoInfo, model: LoadedModel, opts: UpscaleOptions, e
         "encoder": [enc.codec, enc.crf, enc.preset, enc.pix_fmt],
         "segment frames": opts.segment_frames,
         "on error": opts.on_error,
+        # what changes a restorer's output beyond the options above (SeedVR2: seed, colour fix, VAE tiles)
+        "model settings": getattr(getattr(model.module, "settings", None), "fingerprint", lambda: None)(),
     }
 
 
