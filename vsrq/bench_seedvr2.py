@@ -81,30 +81,33 @@ def _peak(dev: torch.device, fn) -> tuple[object, int]:
 
 
 @torch.inference_mode()
-def bench_sizes(restorer: SeedVR2Restorer, sizes: list[str], frames: int, repeat: int, dev: torch.device) -> dict:
-    """Per output size: ms and peak bytes of each stage and of the whole chunk (resize .. colour fix)."""
+def bench_size(restorer: SeedVR2Restorer, label: str, frames: int, repeat: int, dev: torch.device) -> dict:
+    """One output size: ms and peak bytes of each stage and of the whole chunk (resize .. colour fix)."""
     dtype = next(restorer.dit.parameters()).dtype
+    w, h = output_size(label)
+    scale = restorer.settings.scale
+    lr = torch.rand(1, 3, frames, round(h / scale), round(w / scale), device=dev)
+    video = pad_frames_4n1(torch.rand(1, 3, frames, h + (-h) % 16, w + (-w) % 16, device=dev, dtype=dtype) * 2 - 1)
+    latent, enc_peak = _peak(dev, lambda: restorer.encode(video))
+    clean, dit_peak = _peak(dev, lambda: restorer.denoise(latent))
+    _, dec_peak = _peak(dev, lambda: restorer.decode(clean))
+    _, all_peak = _peak(dev, lambda: restorer(lr))
+    row = {
+        "encode_ms": median_ms(lambda: restorer.encode(video), dev, warmup=1, repeat=repeat),
+        "dit_ms": median_ms(lambda: restorer.denoise(latent), dev, warmup=1, repeat=repeat),
+        "decode_ms": median_ms(lambda: restorer.decode(clean), dev, warmup=1, repeat=repeat),
+        "total_ms": median_ms(lambda: restorer(lr), dev, warmup=1, repeat=repeat),
+        "encode_peak": enc_peak, "dit_peak": dit_peak, "decode_peak": dec_peak, "peak": all_peak,
+        "tokens": int(latent.shape[1] * (latent.shape[2] // 2) * (latent.shape[3] // 2)),
+    }
+    row["frames_per_s"] = frames / row["total_ms"] * 1e3
+    return row
+
+
+def bench_sizes(restorer: SeedVR2Restorer, sizes: list[str], frames: int, repeat: int, dev: torch.device) -> dict:
     rows = {}
     for label in sizes:
-        w, h = output_size(label)
-        scale = restorer.settings.scale
-        lr = torch.rand(1, 3, frames, round(h / scale), round(w / scale), device=dev)
-        video = pad_frames_4n1(torch.rand(1, 3, frames, h + (-h) % 16, w + (-w) % 16, device=dev, dtype=dtype) * 2 - 1)
-        latent, enc_peak = _peak(dev, lambda: restorer.encode(video))
-        clean, dit_peak = _peak(dev, lambda: restorer.denoise(latent))
-        _, dec_peak = _peak(dev, lambda: restorer.decode(clean))
-        _, all_peak = _peak(dev, lambda: restorer(lr))
-        row = {
-            "encode_ms": median_ms(lambda: restorer.encode(video), dev, warmup=1, repeat=repeat),
-            "dit_ms": median_ms(lambda: restorer.denoise(latent), dev, warmup=1, repeat=repeat),
-            "decode_ms": median_ms(lambda: restorer.decode(clean), dev, warmup=1, repeat=repeat),
-            "total_ms": median_ms(lambda: restorer(lr), dev, warmup=1, repeat=repeat),
-            "encode_peak": enc_peak, "dit_peak": dit_peak, "decode_peak": dec_peak, "peak": all_peak,
-            "tokens": int(latent.shape[1] * (latent.shape[2] // 2) * (latent.shape[3] // 2)),
-        }
-        row["frames_per_s"] = frames / row["total_ms"] * 1e3
-        rows[label] = row
-        del latent, clean, video, lr
+        rows[label] = bench_size(restorer, label, frames, repeat, dev)
         gc.collect()
         if dev.type == "cuda":
             torch.cuda.empty_cache()
@@ -112,20 +115,31 @@ def bench_sizes(restorer: SeedVR2Restorer, sizes: list[str], frames: int, repeat
 
 
 def run_seedvr2_bench(*, preset: str, sizes: list[str], frames: int, precisions: list[str], device: str, repeat: int,
-                      vae_tile: int = 0, scale: float = 2.0, vae_preset: str = "seedvr2") -> dict:
+                      vae_tile: int = 0, scale: float = 2.0, vae_preset: str = "seedvr2", model: str | None = None) -> dict:
+    """Bench SeedVR2 variants; `model` (a registry name or DiT path) loads real weights, None makes random ones."""
     dev = pick_device(device)
     dtype = pick_dtype(dev)
     settings = SeedVR2Settings(scale=scale, vae_tile=vae_tile)
+
+    def make() -> SeedVR2Restorer:
+        if model is None:
+            return random_restorer(preset, dev, dtype, replace(settings), vae_preset)
+        from vsrq.models.loader import load_model
+
+        restorer = load_model(model).module
+        restorer.settings = replace(settings)
+        return restorer.place(dev, dtype)
+
     res: dict = {
         "date": time.strftime("%Y-%m-%d"),
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "torch": torch.__version__,
-        "model": f"seedvr2-{preset} (random weights of the real shapes)",
+        "model": model or f"seedvr2-{preset} (random weights of the real shapes)",
         "frames": frames, "scale": scale, "vae_tile": vae_tile,
         "variants": {},
     }
     for p in precisions:
-        restorer = random_restorer(preset, dev, dtype, replace(settings), vae_preset)
+        restorer = make()
         swapped = 0
         if PRECISIONS[p] is not None:
             swapped = quantize_dit_rtn(restorer, *PRECISIONS[p])

@@ -145,9 +145,11 @@ def upscale(
     loaded = load_model(model)
     restorer = {"colour_fix": colour_fix, "vae_tile": vae_tile, "offload_blocks": offload or None, "max_vram": max_vram,
                 "seed": seed or None}
+    auto_chunk = chunk is None
     chunk, overlap = _configure_model(loaded, scale, chunk, overlap, restorer, device)
     opts = UpscaleOptions(chunk=chunk, overlap=overlap, tile=tile, tile_overlap=tile_overlap, outscale=scale,
-                          device=device, batch=batch, segment_frames=segment_frames, on_error=on_error)
+                          device=device, batch=batch, segment_frames=segment_frames, on_error=on_error,
+                          max_vram=max_vram, auto_chunk=auto_chunk)
     if jobs is not None:
         _run_batch(jobs, loaded, opts, enc, resume, space_check, quiet)
         return
@@ -166,15 +168,13 @@ def _configure_model(loaded: Any, scale: Optional[float], chunk: Optional[int], 
         fail(f"{names} apply to SeedVR2 models only; {loaded.name} is a {getattr(loaded.module, 'arch', 'vsrq')} model", 2)
     pref_chunk, pref_overlap = getattr(loaded.module, "preferred_chunk", (8, 2))
     if settings is not None:
-        max_vram = given.pop("max_vram", None)
-        loaded.module.settings = replace(settings, **given, **({"scale": scale} if scale is not None else {}))
-        if max_vram is not None:
-            from vsrq.pipeline.vram import plan_for_budget
-
-            plan = plan_for_budget(loaded, max_vram, device, chunk)
-            loaded.module.settings = replace(loaded.module.settings, vae_tile=plan.vae_tile, offload_blocks=plan.offload)
-            pref_chunk, pref_overlap = plan.chunk, min(pref_overlap, plan.chunk // 2)
-            warn(plan.describe())
+        given.pop("max_vram", None)  # applied per file, once its size is known (pipeline/vram.py)
+        if given.get("vae_tile"):  # a quarter of the tile, in 16-pixel steps, at most the default
+            given["vae_tile_overlap"] = min(settings.vae_tile_overlap, given["vae_tile"] // 4 // 16 * 16)
+        try:
+            loaded.module.settings = replace(settings, **given, **({"scale": scale} if scale is not None else {}))
+        except ValueError as exc:
+            fail(str(exc), 2)
     chunk = pref_chunk if chunk is None else chunk
     overlap = min(pref_overlap, chunk // 2) if overlap is None else overlap
     if not 0 <= overlap <= chunk // 2:
@@ -353,14 +353,30 @@ def quantize(
     loaded = load_model(model)
     if is_quantized(loaded.precision):
         fail(f"{loaded.name} is already quantized ({loaded.precision}); quantize its full-precision model")
+    # a model of several networks (SeedVR2: DiT + VAE) names the one to quantize and what stays 16-bit;
+    # calibration still runs the whole model, so the DiT sees the latents the VAE really makes
+    part = getattr(loaded.module, "quant_part", None)
+    if part is not None:
+        from dataclasses import replace as dc_replace
+
+        recipe = dc_replace(recipe, keep=tuple(recipe.keep) + tuple(loaded.module.quant_keep))
+        if recipe.refine or recipe.bias_align == "learn":
+            fail(f"--method {method}: gradient refinement is not available for {loaded.name} "
+                 "(its VAE runs without gradients); use a method without refinement (e.g. combo, svdquant)", 2)
     clips = clips_from_videos(find_videos(calib)) if calib is not None else default_calibration_clips()
     bar = tqdm(total=None, desc="quantize", unit="layer", disable=quiet)
     result = quantize_model(loaded.module, recipe, clips, progress=lambda line: (bar.update(1), bar.set_postfix_str(line.split(": ", 1)[-1])))
     bar.close()
     rep = {"source_model": loaded.name, **result.report(recipe)}
     precision = result.precision()
-    arch = loaded.module.arch
-    save_quantized(result.model, out, arch=arch, config=ARCHITECTURES[arch].config_of(loaded.module), precision=precision, report=rep)
+    if part is not None:
+        from vsrq.models.seedvr2.load import DIT_ARCH
+
+        net = result.model.get_submodule(part)
+        save_quantized(net, out, arch=DIT_ARCH, config=net.cfg.to_dict(), precision=precision, report=rep)
+    else:
+        arch = loaded.module.arch
+        save_quantized(result.model, out, arch=arch, config=ARCHITECTURES[arch].config_of(loaded.module), precision=precision, report=rep)
     if report is not None:
         tmp = report.with_name(f".{report.name}.tmp")
         tmp.write_text(json.dumps(rep, indent=2))
@@ -391,9 +407,25 @@ def bench(
     pipeline: bool = typer.Option(True, "--pipeline/--no-pipeline", help="Decode/encode and full-upscale frames/s."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile every variant's forward (CUDA): the same glue fusion for all."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    random_weights: bool = typer.Option(False, "--random-weights", help="SeedVR2: random weights of the real shapes instead of the files (speed and memory only)."),
+    sizes: str = typer.Option("720p,1080p", "--sizes", help="SeedVR2: output sizes, comma-separated (720p, 1080p or WxH)."),
+    vae_tile: int = typer.Option(0, "--vae-tile", help="SeedVR2: VAE tile side in output pixels (0 = whole frames)."),
 ) -> None:
     """Speed and memory of fp vs W8A8 vs W4A4 on the same inputs, in one run."""
     from vsrq.bench import PRECISIONS, format_report, run_bench
+
+    seedvr2 = _seedvr2_preset(model)
+    if seedvr2 is not None:
+        from vsrq.bench_seedvr2 import format_seedvr2_report, run_seedvr2_bench
+
+        plist = [p.strip() for p in precisions.split(",") if p.strip()]
+        if not plist or any(p not in PRECISIONS for p in plist):
+            fail(f"--precisions must use {', '.join(PRECISIONS)}; got {precisions!r}", 2)
+        result = run_seedvr2_bench(preset=seedvr2, sizes=[s.strip() for s in sizes.split(",") if s.strip()],
+                                   frames=frames, precisions=plist, device=device, repeat=repeat, vae_tile=vae_tile,
+                                   model=None if random_weights else model)
+        typer.echo(json.dumps(result, indent=2) if as_json else "\n".join(format_seedvr2_report(result)))
+        return
 
     try:
         w, h = (int(v) for v in size.lower().split("x"))
@@ -415,6 +447,16 @@ def bench(
     else:
         for line in format_report(result):
             typer.echo(line)
+
+
+def _seedvr2_preset(model: Optional[str]) -> Optional[str]:
+    """The DiT preset ("3b", "7b") when `model` names a registered SeedVR2 model, else None."""
+    if model is None:
+        return None
+    from vsrq.models.registry import load_registry
+
+    spec = load_registry()[0].get(model)
+    return str(spec.config.get("dit", "3b")) if spec is not None and spec.arch == "seedvr2" else None
 
 
 TINY_CONFIG = {"dim": 96, "depth": 4, "heads": 4, "mlp_ratio": 2.0, "patch": [1, 2, 2], "window": [4, 8, 8], "scale": 4}

@@ -47,6 +47,8 @@ class UpscaleOptions:
     batch: int = 1
     segment_frames: int = 240  # output frames per resumable segment (a crash loses at most this many)
     on_error: str = "stop"  # damaged input: "stop" with an error, or "skip" the damage (vsrq.io.reader)
+    max_vram: float | None = None  # GiB: choose chunk / VAE tile / offload to fit (SeedVR2; vram.py)
+    auto_chunk: bool = False  # with max_vram: the chunk length is the plan's to choose
 
 
 @dataclass(frozen=True)
@@ -233,6 +235,10 @@ def upscale_file(
                           "that video encoders accept; choose a smaller --scale")
     target = check_target(dst, overwrite=enc.overwrite, inputs=(info.path,))
     encoders.check_encoder(enc.codec)
+    if opts.max_vram is not None:
+        from vsrq.pipeline.vram import apply_memory_plan
+
+        opts = apply_memory_plan(model, opts, (width, height), on_warning or (lambda msg: log.warning("%s", msg)))
     upscaler = ChunkUpscaler(model, opts, on_warning)
     high_depth = info.bit_depth > 8
     sar = info.sample_aspect_ratio if info.sample_aspect_ratio else Fraction(1)

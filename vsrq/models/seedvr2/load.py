@@ -99,7 +99,13 @@ def load_dit(path: Path, expect_preset: str | None = None) -> tuple[SeedVR2DiT, 
 
 
 def load_vae(path: Path, config: SeedVR2VAEConfig | None = None) -> SeedVR2VAE:
-    tensors, _ = read_tensors(path, "SeedVR2 VAE")
+    """The official VAE file, or one of another shape whose safetensors metadata holds `vsrq.config`."""
+    tensors, meta = read_tensors(path, "SeedVR2 VAE")
+    if config is None and "vsrq.config" in meta:
+        try:
+            config = SeedVR2VAEConfig.from_dict(json.loads(meta["vsrq.config"]))
+        except (ValueError, TypeError) as exc:
+            raise ModelError(f"{path}: bad SeedVR2 VAE config in its metadata ({exc})") from exc
     state = vae_state_from_official(tensors, dtype=_stored_dtype(tensors))
     with torch.device("meta"):
         module = SeedVR2VAE(config or SeedVR2VAEConfig.preset("seedvr2"))

@@ -1,0 +1,57 @@
+"""SeedVR2 through the real commands, with a tiny random model of the real structure: upscale a real
+clip (frames, size, audio), quantize its DiT to W4A4 and upscale with that, and the option errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from typer.testing import CliRunner
+
+from tests.cli.test_upscale_e2e import audio_packets, run_vsrq
+from tests.support import tiny_seedvr2_files
+from vsrq.cli import app
+from vsrq.io import VideoReader, probe
+from vsrq.models.loader import load_model
+from vsrq.quant.qlinear import QuantLinear
+
+
+def test_seedvr2_upscale_then_quantize_and_upscale_again(short_bbb, tmp_path, monkeypatch):
+    monkeypatch.setenv("VSRQ_CACHE", str(tmp_path / "cache"))
+    files = tiny_seedvr2_files(tmp_path / "ckpts")
+    out = tmp_path / "out.mp4"
+    result = run_vsrq("upscale", str(short_bbb), str(out), "--model", str(files["weights"]), "--scale", "2",
+                      "--chunk", "9", "--overlap", "2", "--colour-fix", "adain", "--vae-tile", "48", "--quiet")
+    assert result.returncode == 0, result.stderr
+    src, dst = probe(short_bbb), probe(out)
+    assert (dst.width, dst.height) == (128, 72)
+    with VideoReader(out) as r:
+        assert sum(1 for _ in r.frames()) == 40
+    assert audio_packets(out) == audio_packets(short_bbb)
+    assert abs(dst.duration - src.duration) < 0.05
+
+    q = tmp_path / "ckpts" / "seedvr2_tiny_w4a4.safetensors"  # beside the VAE and text: found by name
+    res = CliRunner().invoke(app, ["quantize", "--model", str(files["weights"]), "--method", "rtn", "--bits", "4", "--out", str(q), "-q"])
+    assert res.exit_code == 0, res.output
+    loaded = load_model(str(q))
+    qlayers = [n for n, m in loaded.module.dit.named_modules() if isinstance(m, QuantLinear)]
+    assert loaded.precision == "w4a4" and qlayers and all(n.startswith("blocks.") for n in qlayers)
+    assert not any(isinstance(m, QuantLinear) for m in loaded.module.vae.modules())
+    fp = load_model(str(files["weights"])).module
+    x = torch.rand(1, 3, 5, 16, 24)
+    with torch.no_grad():
+        yq, yf = loaded.module(x), fp(x)
+    assert 0 < float((yq - yf).abs().mean()) < 0.1  # quantized, still the same picture
+    out_q = tmp_path / "out_q.mp4"
+    result = run_vsrq("upscale", str(short_bbb), str(out_q), "--model", str(q), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert (probe(out_q).width, probe(out_q).height) == (128, 72)  # the registered default scale 2 of a DiT file: x2
+
+
+def test_seedvr2_options_on_another_model_are_one_line_errors(short_bbb, test_model, tmp_path):
+    result = run_vsrq("upscale", str(short_bbb), str(tmp_path / "o.mp4"), "--colour-fix", "adain")
+    assert result.returncode == 2 and "apply to SeedVR2 models only" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    result = run_vsrq("upscale", str(short_bbb), str(tmp_path / "o.mp4"), "--vae-tile", "40")
+    assert result.returncode == 2 and "multiple of 16" in result.stderr
+    assert not Path(tmp_path / "o.mp4").exists()

@@ -1,0 +1,166 @@
+"""`--max-vram`: pick SeedVR2's chunk length, VAE tile and block offload from a measured estimate.
+
+The estimate is measured, not guessed: two small probe runs of each stage on the user's GPU, with
+the user's model, give the bytes each stage needs beyond the weights as a + b * (its work unit):
+pixels per VAE call (the VAE runs 4 frames or 1 latent at a time, so its need grows with the
+tile, not the clip) and tokens for the DiT (which sees the whole chunk). Full-frame float buffers
+of the chunk (resize, colour fix, tile accumulators) are counted from their shapes. The plan is the
+first that fits, trying in order: weights on the GPU before offload, longer chunks before larger
+tiles (temporal context matters more than seam-free VAE tiles).
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+
+import torch
+
+from vsrq.errors import VsrqError
+
+GIB = 1024 ** 3
+CHUNKS = (21, 17, 13, 9, 5)
+TILES = (0, 1024, 768, 512, 384, 256)  # output pixels per VAE tile side; 0 = whole frame
+FRAME_BUFFERS = 6  # float32 copies of the chunk at output size alive at once (resize, colour fix, accumulators)
+
+
+@dataclass(frozen=True)
+class Linear:
+    """bytes = a + b * units."""
+
+    a: float
+    b: float
+
+    def __call__(self, units: float) -> float:
+        return self.a + self.b * units
+
+    @staticmethod
+    def fit(u1: float, y1: float, u2: float, y2: float) -> Linear:
+        b = max(0.0, (y2 - y1) / (u2 - u1))
+        return Linear(max(0.0, y1 - b * u1), b)
+
+
+@dataclass(frozen=True)
+class MemoryProfile:
+    """What one model needs on one GPU: weights and per-stage working memory."""
+
+    dit_weights: int  # the DiT on the GPU
+    dit_streamed: int  # the DiT's share on the GPU with block offload (all but the blocks, plus two blocks)
+    other_weights: int  # VAE, text
+    encode: Linear  # per pixel of a VAE tile
+    decode: Linear  # per pixel of a VAE tile
+    dit: Linear  # per token
+
+
+@dataclass(frozen=True)
+class Plan:
+    chunk: int
+    vae_tile: int
+    offload: bool
+    predicted: float  # bytes
+    budget: float
+
+    def describe(self) -> str:
+        tile = f"VAE tiles of {self.vae_tile} px" if self.vae_tile else "whole-frame VAE"
+        return (f"--max-vram {self.budget / GIB:.1f} GiB: chunks of {self.chunk} frames, {tile}"
+                f"{', DiT blocks offloaded' if self.offload else ''} (predicted peak {self.predicted / GIB:.1f} GiB)")
+
+
+def predict(profile: MemoryProfile, size: tuple[int, int], chunk: int, tile: int, offload: bool) -> float:
+    """Predicted peak bytes for output `size` (w, h) in chunks of `chunk` frames."""
+    w, h = (v + (-v) % 16 for v in size)
+    t = chunk if chunk == 1 else chunk + (-(chunk - 1)) % 4
+    tile_px = min(tile, h) * min(tile, w) if tile else h * w
+    tokens = ((t - 1) // 4 + 1) * (h // 16) * (w // 16)
+    frames = FRAME_BUFFERS * 3 * t * h * w * 4
+    weights = (profile.dit_streamed if offload else profile.dit_weights) + profile.other_weights
+    work = max(profile.encode(tile_px), profile.decode(tile_px), profile.dit(tokens))
+    return weights + work + frames
+
+
+def choose(profile: MemoryProfile, size: tuple[int, int], budget_gib: float, chunk: int | None) -> Plan:
+    """The first plan that fits (see the module docstring for the order); `chunk` fixes the length."""
+    budget = budget_gib * GIB
+    chunks = (chunk,) if chunk else CHUNKS
+    smallest = None
+    for offload in (False, True):
+        for c in chunks:
+            for tile in TILES:
+                need = predict(profile, size, c, tile, offload)
+                if need <= budget:
+                    return Plan(c, tile, offload, need, budget)
+                smallest = need if smallest is None else min(smallest, need)
+    raise VsrqError(f"--max-vram {budget_gib:g} GiB is too little for {size[0]}x{size[1]} output: the smallest plan "
+                    f"(chunks of {chunks[-1]}, VAE tiles of {TILES[-1]} px, DiT blocks offloaded) needs about "
+                    f"{smallest / GIB:.1f} GiB; use a smaller --scale or a larger budget")
+
+
+def _bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@torch.inference_mode()
+def measure_profile(restorer, device: torch.device, dtype: torch.dtype) -> MemoryProfile:
+    """Probe each stage at two small sizes on `device` (the model must be placed there)."""
+    if device.type != "cuda":
+        raise VsrqError("--max-vram needs a CUDA device")
+    blocks = restorer.dit.blocks
+    block_bytes = [_bytes(list(b.parameters()) + list(b.buffers())) for b in blocks]
+    dit_all = _bytes(list(restorer.dit.parameters()) + list(restorer.dit.buffers()))
+    other = _bytes(list(restorer.vae.parameters()) + list(restorer.vae.buffers())) + _bytes([restorer.text])
+    probes = {}
+    for side in (128, 256):
+        video = torch.rand(1, 3, 5, side, side, device=device, dtype=dtype) * 2 - 1
+        row = {}
+        for stage in ("encode", "dit", "decode"):
+            gc.collect()
+            torch.cuda.empty_cache()
+            torch.cuda.synchronize(device)
+            base = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            if stage == "encode":
+                latent = restorer.encode(video)
+            elif stage == "dit":
+                clean = restorer.denoise(latent)
+            else:
+                restorer.decode(clean)
+            torch.cuda.synchronize(device)
+            row[stage] = torch.cuda.max_memory_allocated(device) - base
+        probes[side] = (row, latent.shape[1] * (side // 16) ** 2)
+        del video, latent, clean
+    (r1, tok1), (r2, tok2) = probes[128], probes[256]
+    return MemoryProfile(
+        dit_weights=dit_all,
+        dit_streamed=dit_all - sum(block_bytes) + 2 * max(block_bytes),
+        other_weights=other,
+        encode=Linear.fit(128 * 128, r1["encode"], 256 * 256, r2["encode"]),
+        decode=Linear.fit(128 * 128, r1["decode"], 256 * 256, r2["decode"]),
+        dit=Linear.fit(tok1, r1["dit"], tok2, r2["dit"]),
+    )
+
+
+def apply_memory_plan(model, opts, size: tuple[int, int], say) -> object:
+    """Measure, choose and apply a plan to a loaded SeedVR2 model; returns the UpscaleOptions to use."""
+    from dataclasses import replace
+
+    from vsrq.pipeline.device import pick_device, pick_dtype
+
+    restorer = model.module
+    if not hasattr(restorer, "settings") or not hasattr(restorer, "dit"):
+        raise VsrqError("--max-vram applies to SeedVR2 models only")
+    dev = pick_device(opts.device)
+    if dev.type != "cuda":
+        raise VsrqError("--max-vram needs a CUDA device (--device cuda)")
+    dtype = pick_dtype(dev)
+    # bytes of the weights once placed (float tensors take `dtype`; packed low-bit ones keep theirs)
+    weights = sum(t.numel() * (dtype.itemsize if t.is_floating_point() else t.element_size())
+                  for t in list(restorer.parameters()) + list(restorer.buffers()))
+    # probe with the weights where they may end up: streamed when they alone would crowd the budget
+    probe_offload = weights > 0.8 * opts.max_vram * GIB
+    restorer.settings = replace(restorer.settings, offload_blocks=probe_offload)
+    restorer.place(dev, dtype)
+    profile = measure_profile(restorer, dev, dtype)
+    plan = choose(profile, size, opts.max_vram, None if opts.auto_chunk else opts.chunk)
+    restorer.settings = replace(restorer.settings, vae_tile=plan.vae_tile, offload_blocks=plan.offload)
+    say(plan.describe())
+    return replace(opts, chunk=plan.chunk, overlap=min(opts.overlap, plan.chunk // 2))
