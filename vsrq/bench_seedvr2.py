@@ -58,12 +58,17 @@ def quantize_dit_rtn(restorer: SeedVR2Restorer, bits: int, act_bits: int) -> int
     dit = restorer.dit
     keep = tuple(k for k in restorer.quant_keep if k != "vae")
     names = target_layers(dit, keep)
+    with torch.inference_mode(False), torch.no_grad():  # QuantLinear keeps version-tracked caches
+        _swap(dit, names, bits, act_bits)
+    return len(names)
+
+
+def _swap(dit: nn.Module, names: list[str], bits: int, act_bits: int) -> None:
     for name in names:
         lin = dit.get_submodule(name)
         q = QuantLinear.from_linear(lin.float(), bits=bits, act_bits=act_bits, rank=0)
         set_module(dit, name, q.to(lin.weight.device, torch.bfloat16 if lin.weight.is_cuda else torch.float32))
         del lin
-    return len(names)
 
 
 def weight_bytes(module: nn.Module) -> int:
@@ -115,11 +120,13 @@ def bench_sizes(restorer: SeedVR2Restorer, sizes: list[str], frames: int, repeat
 
 
 def run_seedvr2_bench(*, preset: str, sizes: list[str], frames: int, precisions: list[str], device: str, repeat: int,
-                      vae_tile: int = 0, scale: float = 2.0, vae_preset: str = "seedvr2", model: str | None = None) -> dict:
+                      vae_tile: int = 0, scale: float = 2.0, vae_preset: str = "seedvr2", model: str | None = None,
+                      compile: bool = False) -> dict:
     """Bench SeedVR2 variants; `model` (a registry name or DiT path) loads real weights, None makes random ones."""
     dev = pick_device(device)
     dtype = pick_dtype(dev)
     settings = SeedVR2Settings(scale=scale, vae_tile=vae_tile)
+    compile = compile and dev.type == "cuda"
 
     def make() -> SeedVR2Restorer:
         if model is None:
@@ -135,7 +142,7 @@ def run_seedvr2_bench(*, preset: str, sizes: list[str], frames: int, precisions:
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "model": model or f"seedvr2-{preset} (random weights of the real shapes)",
-        "frames": frames, "scale": scale, "vae_tile": vae_tile,
+        "frames": frames, "scale": scale, "vae_tile": vae_tile, "compiled": compile,
         "variants": {},
     }
     for p in precisions:
@@ -143,6 +150,10 @@ def run_seedvr2_bench(*, preset: str, sizes: list[str], frames: int, precisions:
         swapped = 0
         if PRECISIONS[p] is not None:
             swapped = quantize_dit_rtn(restorer, *PRECISIONS[p])
+        if compile:  # after the swap, so the compiled blocks hold the low-bit layers
+            from vsrq.pipeline.seedvr2 import compile_blocks
+
+            compile_blocks(restorer.dit)
         gc.collect()
         if dev.type == "cuda":
             torch.cuda.empty_cache()
@@ -166,7 +177,7 @@ def run_seedvr2_bench(*, preset: str, sizes: list[str], frames: int, precisions:
 def format_seedvr2_report(r: dict) -> list[str]:
     gib = 1024 ** 3
     lines = [f"vsrq bench {r['model']} on {r['device']} ({r['date']}, torch {r['torch']}); {r['frames']} frames per chunk, "
-             f"x{r['scale']:g}, VAE tile {r['vae_tile'] or 'none'}"]
+             f"x{r['scale']:g}, VAE tile {r['vae_tile'] or 'none'}, DiT blocks {'compiled' if r.get('compiled') else 'eager'}"]
     lines.append(f"{'variant':<7}{'output':<7}{'enc ms':>9}{'DiT ms':>9}{'dec ms':>9}{'total ms':>10}{'frames/s':>10}"
                  f"{'x bf16':>8}{'DiT x':>7}{'peak GiB':>10}{'enc/DiT/dec GiB':>18}")
     for p, v in r["variants"].items():

@@ -115,6 +115,7 @@ def upscale(
     offload: bool = typer.Option(False, "--offload", help="SeedVR2: keep the DiT's blocks in host memory and stream them to the GPU one at a time (small cards)."),
     max_vram: Optional[float] = typer.Option(None, "--max-vram", help="SeedVR2 on CUDA: GiB of GPU memory to stay within; picks --chunk and --vae-tile (and --offload) from a measured estimate."),
     seed: int = typer.Option(0, "--seed", help="SeedVR2: seed of the diffusion noise (the same seed gives the same video)."),
+    compile: bool = typer.Option(False, "--compile", help="SeedVR2 on CUDA: torch.compile the DiT blocks (about 2x faster DiT; 20-40 s once per frame size)."),
 ) -> None:
     """Upscale a video (or every video in a folder) with a one-step DiT VSR model; audio and subtitles are copied unchanged."""
     from vsrq.models.loader import load_model
@@ -144,7 +145,7 @@ def upscale(
         _check_paths(input, output, overwrite)
     loaded = load_model(model)
     restorer = {"colour_fix": colour_fix, "vae_tile": vae_tile, "offload_blocks": offload or None, "max_vram": max_vram,
-                "seed": seed or None}
+                "seed": seed or None, "compile": compile or None}
     auto_chunk = chunk is None
     chunk, overlap = _configure_model(loaded, scale, chunk, overlap, restorer, device)
     opts = UpscaleOptions(chunk=chunk, overlap=overlap, tile=tile, tile_overlap=tile_overlap, outscale=scale,
@@ -192,7 +193,9 @@ def _upscale_one(input: Path, output: Path, loaded: Any, opts: Any, enc: Any, re
     if not quiet:
         typer.echo(
             f"wrote {output} ({report.width}x{report.height}, {report.frames} frames, "
-            f"{report.fps:.2f} frames/s on {report.device}, model {loaded.name} [{loaded.precision}])",
+            f"{report.fps:.2f} frames/s on {report.device}"
+            + (f", peak GPU memory {report.peak_gpu_bytes / 2**30:.1f} GiB" if report.peak_gpu_bytes else "")
+            + f", model {loaded.name} [{loaded.precision}])",
             err=True,
         )
 
@@ -423,7 +426,7 @@ def bench(
             fail(f"--precisions must use {', '.join(PRECISIONS)}; got {precisions!r}", 2)
         result = run_seedvr2_bench(preset=seedvr2, sizes=[s.strip() for s in sizes.split(",") if s.strip()],
                                    frames=frames, precisions=plist, device=device, repeat=repeat, vae_tile=vae_tile,
-                                   model=None if random_weights else model)
+                                   model=None if random_weights else model, compile=compile)
         typer.echo(json.dumps(result, indent=2) if as_json else "\n".join(format_seedvr2_report(result)))
         return
 

@@ -245,6 +245,33 @@ def _act_dispatch() -> str:
 # ----------------------------------------------------------------------------- unpack
 
 
+@case("group_norm_act[bf16_and_fp32]")
+def _group_norm_act() -> str:
+    """The VAE's per-frame GroupNorm + SiLU kernel against its reference and nn.GroupNorm per frame."""
+    import torch
+
+    from vsrq.kernels.group_norm import frame_group_stats, group_norm_act, group_norm_act_ref
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 3, 5, 7) * 3 + 10  # far from zero: a bf16 mean would lose the deviations
+    w, b = torch.randn(8), torch.randn(8)
+    norm = torch.nn.GroupNorm(4, 8, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(w)
+        norm.bias.copy_(b)
+        want = torch.stack([torch.nn.functional.silu(norm(x[:, :, t])) for t in range(3)], dim=2)
+    got = group_norm_act(x, 4, w, b, 1e-6)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    xb = x.bfloat16()
+    mean, rstd = frame_group_stats(xb, 4, 1e-6)
+    kern = group_norm_act(xb, 4, w, b, 1e-6, act=False)
+    ref = group_norm_act_ref(xb, mean, rstd, w, b, act=False)
+    torch.testing.assert_close(kern.float(), ref.float(), atol=0.02, rtol=0.01)
+    err = float((kern[:, :, 1].float() - norm(x[:, :, 1]).detach()).abs().max())  # frame 1 without SiLU vs fp32 nn.GroupNorm
+    assert err < 0.05, err
+    return "matches nn.GroupNorm per frame"
+
+
 @case("unpack[signed_even]")
 def _unpack_signed() -> str:
     import torch

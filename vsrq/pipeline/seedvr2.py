@@ -39,6 +39,7 @@ class SeedVR2Settings:
     vae_tile_overlap: int = 64
     seed: int = 0
     offload_blocks: bool = False
+    compile: bool = False  # CUDA: torch.compile each DiT block (fuses its norm/RoPE/modulation glue; ~20-40 s once per size)
 
     def fingerprint(self) -> dict:
         """What a resumed job must share with the interrupted one (offload moves no output bit)."""
@@ -140,6 +141,20 @@ class BlockStreamer:
             del current
 
 
+def compile_blocks(dit: nn.Module) -> None:
+    """torch.compile every DiT block's forward (once; blocks of one kind share the compiled code).
+
+    Measured on an H100 at 1080p (docs/PERF.md): the DiT step 1.8x faster in bf16, 2.0x in W4A4,
+    because the eager blocks spend most of their time in small norm, RoPE and layout kernels."""
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    for block in dit.blocks:
+        if not getattr(block, "_vsrq_compiled", False):
+            block.forward = torch.compile(block.forward, dynamic=False)
+            block._vsrq_compiled = True
+
+
 class SeedVR2Restorer(nn.Module):
     """DiT + VAE + the text embedding, run as SeedVR2's one-step restorer (see module docstring)."""
 
@@ -180,6 +195,8 @@ class SeedVR2Restorer(nn.Module):
         else:
             self.to(device)
             self._streamer = None
+            if self.settings.compile and device.type == "cuda":
+                compile_blocks(self.dit)
         return self
 
     # -- the stages, exposed for the benchmark and for tiling ----------------------------------

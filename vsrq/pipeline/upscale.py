@@ -67,6 +67,7 @@ class UpscaleReport:
     width: int
     height: int
     device: str
+    peak_gpu_bytes: int = 0  # torch's peak allocation on the GPU during the job (0 on the CPU)
 
     @property
     def fps(self) -> float:
@@ -240,6 +241,8 @@ def upscale_file(
 
         opts = apply_memory_plan(model, opts, (width, height), on_warning or (lambda msg: log.warning("%s", msg)))
     upscaler = ChunkUpscaler(model, opts, on_warning)
+    if upscaler.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(upscaler.device)
     high_depth = info.bit_depth > 8
     sar = info.sample_aspect_ratio if info.sample_aspect_ratio else Fraction(1)
     fingerprint = job_fingerprint(info, model, opts, enc, (width, height))
@@ -269,8 +272,9 @@ def upscale_file(
             journal.remove()  # nothing worth keeping, or the output is published
         else:
             journal.close()
+    peak = torch.cuda.max_memory_allocated(upscaler.device) if upscaler.device.type == "cuda" else 0
     return UpscaleReport(frames=job.emitted - job.first_frame, seconds=time.perf_counter() - started,
-                         width=width, height=height, device=str(upscaler.device))
+                         width=width, height=height, device=str(upscaler.device), peak_gpu_bytes=peak)
 
 
 def _saved_note(journal: Journal, how: str) -> str:

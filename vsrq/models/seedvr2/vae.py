@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vsrq.kernels.group_norm import group_norm_act
+
 __all__ = ["SeedVR2VAEConfig", "SeedVR2VAE"]
 
 
@@ -170,12 +172,9 @@ def causal_conv(conv: nn.Module, x: Tensor, stream: _Stream) -> Tensor:
 
 
 def _norm_act(norm: nn.GroupNorm, x: Tensor, act: bool = True) -> Tensor:
-    """GroupNorm applied to every frame separately (as the official per-frame batching), + SiLU."""
-    out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    for t in range(x.shape[2]):
-        y = norm(x[:, :, t].contiguous())  # strided frame views hit slow norm kernels
-        out[:, :, t] = F.silu(y, inplace=True) if act else y
-    return out
+    """GroupNorm of every frame on its own (as the official per-frame batching), then SiLU; one
+    pass over the chunk (vsrq/kernels/group_norm.py says why not nn.GroupNorm per frame)."""
+    return group_norm_act(x, norm.num_groups, norm.weight, norm.bias, norm.eps, act)
 
 
 # ----------------------------------------------------------------------------- blocks

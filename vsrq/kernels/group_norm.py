@@ -1,0 +1,58 @@
+"""Per-frame GroupNorm + SiLU of a video VAE's activations, in one pass on the GPU.
+
+Why not nn.GroupNorm frame by frame: with one video and 32 groups, torch reduces each frame in
+32 rows of millions of values, and writing frames into an output slice is a strided copy; at
+1080p those two were half of SeedVR2's VAE time on an H100 (docs/PERF.md). Here the statistics of
+every (video, group, frame) come from torch reductions over the whole chunk (accumulated in fp32),
+and one elementwise kernel normalises, applies the affine and SiLU in fp32 registers and writes
+the activation dtype: no fp32 copy of the activations is ever stored.
+
+`group_norm_act_ref` is the reference (and the CPU path): the same math with torch ops.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from vsrq.kernels._triton import can_run_triton
+
+__all__ = ["frame_group_stats", "group_norm_act", "group_norm_act_ref"]
+
+
+def frame_group_stats(x: torch.Tensor, groups: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, rstd) in fp32, each (B, G, T), of x (B, C, T, H, W) over each group's channels and pixels.
+
+    The mean is accumulated and returned in fp32 (a bf16 mean would lose the small deviations
+    of an activation far from zero); the variance's own rounding only moves rstd by < 0.4 %.
+    """
+    b, c, t, h, w = x.shape
+    xg = x.view(b, groups, c // groups, t, h * w)
+    mean = xg.mean(dim=(2, 4), dtype=torch.float32)
+    var = torch.var_mean(xg, dim=(2, 4), correction=0)[0].float()
+    return mean, torch.rsqrt(var + eps)
+
+
+def group_norm_act_ref(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, weight: torch.Tensor,
+                       bias: torch.Tensor, act: bool) -> torch.Tensor:
+    """((x - mean) * rstd * weight + bias), SiLU if `act`, computed in fp32, returned in x's dtype."""
+    b, c, t, h, w = x.shape
+    g = mean.shape[1]
+    xg = x.view(b, g, c // g, t, h * w).float()
+    y = (xg - mean[:, :, None, :, None]) * rstd[:, :, None, :, None]
+    y = y.view(b, c, t, h * w) * weight.float().view(1, c, 1, 1) + bias.float().view(1, c, 1, 1)
+    if act:
+        y = F.silu(y)
+    return y.view(b, c, t, h, w).to(x.dtype)
+
+
+def group_norm_act(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                   act: bool = True) -> torch.Tensor:
+    """Per-frame GroupNorm (+ SiLU) of x (B, C, T, H, W); Triton on CUDA, the reference elsewhere."""
+    x = x.contiguous()
+    mean, rstd = frame_group_stats(x, groups, eps)
+    if not can_run_triton(x):
+        return group_norm_act_ref(x, mean, rstd, weight, bias, act)
+    from vsrq.kernels.group_norm_triton import group_norm_act_triton
+
+    return group_norm_act_triton(x, mean, rstd, weight, bias, act)
