@@ -72,7 +72,7 @@ def test_restorer_output_size_range_and_seeded_determinism():
     assert not torch.equal(a, c)
 
 
-def test_vae_tiles_give_the_same_shapes_and_blend_smoothly():
+def test_vae_tiles_keep_the_output_shape():
     r = restorer(scale=2.0)
     x = torch.rand(1, 3, 5, 24, 40)
     with torch.no_grad():

@@ -1,0 +1,40 @@
+"""--max-vram's choice from a memory profile (the profile itself is measured on a GPU; here it is given)."""
+
+import pytest
+
+from vsrq.errors import VsrqError
+from vsrq.pipeline.vram import GIB, Linear, MemoryProfile, choose, predict
+
+PROFILE = MemoryProfile(dit_weights=int(6.3 * GIB), dit_streamed=int(0.6 * GIB), other_weights=int(0.5 * GIB),
+                        encode=Linear(0.2 * GIB, 9000.0), decode=Linear(0.3 * GIB, 16000.0), dit=Linear(0.1 * GIB, 80000.0))
+
+
+def test_fit_recovers_a_line_and_never_goes_negative():
+    line = Linear.fit(100, 1100, 300, 3100)
+    assert line(200) == pytest.approx(2100) and line.a == pytest.approx(100)
+    assert Linear.fit(100, 500, 300, 400).b == 0  # noise that shrinks with size is not extrapolated downwards
+
+
+def test_predictions_grow_with_chunk_and_tile_and_shrink_with_offload():
+    size = (1920, 1080)
+    assert predict(PROFILE, size, 21, 0, False) > predict(PROFILE, size, 9, 0, False)
+    assert predict(PROFILE, size, 21, 0, False) > predict(PROFILE, size, 21, 512, False)
+    assert predict(PROFILE, size, 21, 512, True) < predict(PROFILE, size, 21, 512, False)
+
+
+def test_the_plan_fits_the_budget_and_prefers_long_chunks_then_big_tiles_then_no_offload():
+    big = choose(PROFILE, (1920, 1080), 80, None)
+    assert (big.chunk, big.vae_tile, big.offload) == (21, 0, False)
+    for budget in (40, 20, 12, 8, 4):
+        plan = choose(PROFILE, (1920, 1080), budget, None)
+        assert plan.predicted <= budget * GIB
+        assert "GiB" in plan.describe()
+    small = choose(PROFILE, (1920, 1080), 4, None)
+    assert small.offload  # the weights alone (6.8 GiB) do not fit in 4 GiB
+    fixed = choose(PROFILE, (1920, 1080), 12, 9)
+    assert fixed.chunk == 9
+
+
+def test_a_budget_below_the_smallest_plan_is_one_clear_error():
+    with pytest.raises(VsrqError, match="too little for 1920x1080.*smallest plan"):
+        choose(PROFILE, (1920, 1080), 0.5, None)
