@@ -20,6 +20,7 @@ from torch import nn
 from vsrq.bench import PRECISIONS, median_ms
 from vsrq.pipeline.device import pick_device, pick_dtype
 from vsrq.pipeline.seedvr2 import SeedVR2Restorer, SeedVR2Settings, pad_frames_4n1
+from vsrq.pipeline.vram import tensor_bytes
 from vsrq.quant.calibrate import target_layers
 from vsrq.quant.checkpoint import set_module
 from vsrq.quant.qlinear import QuantLinear
@@ -72,7 +73,7 @@ def _swap(dit: nn.Module, names: list[str], bits: int, act_bits: int) -> None:
 
 
 def weight_bytes(module: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
+    return tensor_bytes(list(module.parameters()) + list(module.buffers()))
 
 
 def _peak(dev: torch.device, fn) -> tuple[object, int]:

@@ -113,7 +113,7 @@ def upscale(
     colour_fix: Optional[str] = typer.Option(None, "--colour-fix", help="SeedVR2: colour correction against the input: wavelet (default), adain or none."),
     vae_tile: Optional[int] = typer.Option(None, "--vae-tile", help="SeedVR2: VAE tile side in output pixels (multiple of 16; 0 = whole frames), seams blended."),
     offload: bool = typer.Option(False, "--offload", help="SeedVR2: keep the DiT's blocks in host memory and stream them to the GPU one at a time (small cards)."),
-    max_vram: Optional[float] = typer.Option(None, "--max-vram", help="SeedVR2 on CUDA: GiB of GPU memory to stay within; picks --chunk and --vae-tile (and --offload) from a measured estimate."),
+    max_vram: Optional[float] = typer.Option(None, "--max-vram", help="SeedVR2 on CUDA: GiB of torch's GPU allocations to stay within (the CUDA context and allocator cache come on top); picks --chunk, --vae-tile and --offload from a measured estimate, overriding those options except --chunk."),
     seed: int = typer.Option(0, "--seed", help="SeedVR2: seed of the diffusion noise (the same seed gives the same video)."),
     compile: bool = typer.Option(False, "--compile", help="SeedVR2 on CUDA: torch.compile the DiT blocks (about 2x faster DiT; 20-40 s once per frame size)."),
 ) -> None:
@@ -129,6 +129,8 @@ def upscale(
         fail(f"--vae-tile must be 0 or a positive multiple of 16, got {vae_tile}", 2)
     if max_vram is not None and max_vram <= 0:
         fail(f"--max-vram must be a positive number of GiB, got {max_vram}", 2)
+    if max_vram is not None and (device == "cpu" or (device == "auto" and not _cuda_available())):
+        fail("--max-vram plans GPU memory; it needs a CUDA device", 2)
     if colour_fix is not None and colour_fix not in ("wavelet", "adain", "none"):
         fail(f"--colour-fix must be wavelet, adain or none, got {colour_fix!r}", 2)
     if tile < 0 or tile_overlap < 0 or (tile and tile_overlap >= tile):
@@ -155,6 +157,12 @@ def upscale(
         _run_batch(jobs, loaded, opts, enc, resume, space_check, quiet)
         return
     _upscale_one(input, output, loaded, opts, enc, resume, space_check, quiet)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _configure_model(loaded: Any, scale: Optional[float], chunk: Optional[int], overlap: Optional[int],
@@ -421,9 +429,19 @@ def bench(
     if seedvr2 is not None:
         from vsrq.bench_seedvr2 import format_seedvr2_report, run_seedvr2_bench
 
+        from vsrq.bench_seedvr2 import output_size as parse_size
+
         plist = [p.strip() for p in precisions.split(",") if p.strip()]
         if not plist or any(p not in PRECISIONS for p in plist):
             fail(f"--precisions must use {', '.join(PRECISIONS)}; got {precisions!r}", 2)
+        if vae_tile < 0 or vae_tile % 16 or 0 < vae_tile <= 64:
+            fail(f"--vae-tile must be 0 or a multiple of 16 above the 64-pixel overlap, got {vae_tile}", 2)
+        try:
+            [parse_size(s.strip()) for s in sizes.split(",") if s.strip()]
+        except ValueError as exc:
+            fail(str(exc), 2)
+        if not random_weights and _quantized_entry(model):
+            fail(f"{model} is already quantized; bench its full-precision model (the low-bit variants are made here)", 2)
         result = run_seedvr2_bench(preset=seedvr2, sizes=[s.strip() for s in sizes.split(",") if s.strip()],
                                    frames=frames, precisions=plist, device=device, repeat=repeat, vae_tile=vae_tile,
                                    model=None if random_weights else model, compile=compile)
@@ -450,6 +468,13 @@ def bench(
     else:
         for line in format_report(result):
             typer.echo(line)
+
+
+def _quantized_entry(model: str) -> bool:
+    from vsrq.models.registry import is_quantized, load_registry
+
+    spec = load_registry()[0].get(model)
+    return spec is not None and is_quantized(spec.precision)
 
 
 def _seedvr2_preset(model: Optional[str]) -> Optional[str]:

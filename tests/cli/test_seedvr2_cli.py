@@ -54,4 +54,10 @@ def test_seedvr2_options_on_another_model_are_one_line_errors(short_bbb, test_mo
     assert len(result.stderr.strip().splitlines()) == 1
     result = run_vsrq("upscale", str(short_bbb), str(tmp_path / "o.mp4"), "--vae-tile", "40")
     assert result.returncode == 2 and "multiple of 16" in result.stderr
+    result = run_vsrq("upscale", str(short_bbb), str(tmp_path / "o.mp4"), "--max-vram", "8", "--device", "cpu")
+    assert result.returncode == 2 and "needs a CUDA device" in result.stderr
+    files = tiny_seedvr2_files(tmp_path / "ckpts")
+    result = run_vsrq("upscale", str(short_bbb), str(tmp_path / "o.mp4"), "-m", str(files["weights"]), "--scale", "1.3", "--tile", "32")
+    assert result.returncode != 0 and "--tile needs a whole output scale" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
     assert not Path(tmp_path / "o.mp4").exists()

@@ -68,6 +68,9 @@ def test_wrong_sha256_is_refused(tmp_path, monkeypatch):
     ('arch = "vsrq-dit"\nprecision = "fp16"\nweights = "hf://a/b@main/c.safetensors"', "sha256"),
     ('arch = "vsrq-dit"\nprecision = "fp16"\nweights = "hf://nonsense"', "Hub reference"),
     ('precision = "fp16"\nweights = "x.safetensors"', "arch"),
+    ('arch = "seedvr2"\nprecision = "fp16"\nweights = "x.safetensors"\nfiles = "oops"', "files must be a table"),
+    ('arch = "seedvr2"\nprecision = "fp16"\nweights = "x.safetensors"\nfiles.vae = { path = "v.pth" }', "files.vae must be a table"),
+    ('arch = "seedvr2"\nprecision = "fp16"\nweights = "cache:../x.safetensors"', "relative path inside the vsrq cache"),
 ])
 def test_bad_entries_are_refused(tmp_path, entry, message):
     reg = tmp_path / "models.toml"

@@ -22,13 +22,15 @@ def test_predictions_grow_with_chunk_and_tile_and_shrink_with_offload():
     assert predict(PROFILE, size, 21, 512, True) < predict(PROFILE, size, 21, 512, False)
 
 
-def test_the_plan_fits_the_budget_and_prefers_long_chunks_then_big_tiles_then_no_offload():
+def test_the_plan_fits_the_budget_keeping_weights_resident_then_long_chunks_then_big_tiles():
     big = choose(PROFILE, (1920, 1080), 80, None)
     assert (big.chunk, big.vae_tile, big.offload) == (21, 0, False)
-    for budget in (40, 20, 12, 8, 4):
+    order = [(off, c, t) for off in (False, True) for c in (21, 17, 13, 9, 5) for t in (0, 1024, 768, 512, 384, 256)]
+    for budget in (40, 20, 12, 10, 8, 4):
         plan = choose(PROFILE, (1920, 1080), budget, None)
-        assert plan.predicted <= budget * GIB
-        assert "GiB" in plan.describe()
+        assert plan.predicted <= budget * GIB and "GiB" in plan.describe()
+        for earlier in order[: order.index((plan.offload, plan.chunk, plan.vae_tile))]:
+            assert predict(PROFILE, (1920, 1080), earlier[1], earlier[2], earlier[0]) > budget * GIB  # nothing preferred fits
     small = choose(PROFILE, (1920, 1080), 4, None)
     assert small.offload  # the weights alone (6.8 GiB) do not fit in 4 GiB
     fixed = choose(PROFILE, (1920, 1080), 12, 9)

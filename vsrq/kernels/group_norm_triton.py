@@ -13,9 +13,11 @@ def _gn_act_kernel(x_ptr, y_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, numel, C, T, 
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    t = (offs // HW) % T
-    c = (offs // (HW * T)) % C
-    bi = offs // (HW * T * C)
+    q = offs // HW  # int64 throughout: C*T*HW can pass 2**31 (4K frames)
+    t = q % T
+    q = q // T
+    c = q % C
+    bi = q // C
     G = C // CG
     s = (bi * G + c // CG) * T + t  # index into (B, G, T) statistics
     mean = tl.load(mean_ptr + s, mask=mask, other=0.0)

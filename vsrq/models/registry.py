@@ -112,6 +112,8 @@ def _validate_entry(name: str, entry: dict, origin: Path) -> ModelSpec:
     if not isinstance(config, dict):
         raise ModelError(f"{where}: config must be a table")
     files = {}
+    if not isinstance(entry.get("files", {}), dict):
+        raise ModelError(f"{where}: files must be a table of role = {{ weights = ..., sha256 = ... }}")
     for role, part in (entry.get("files") or {}).items():
         if not isinstance(part, dict) or set(part) - FILE_KEYS or not isinstance(part.get("weights"), str) or not part["weights"]:
             raise ModelError(f"{where}: files.{role} must be a table with 'weights' and optional 'sha256', 'fetch'")

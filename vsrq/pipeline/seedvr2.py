@@ -16,6 +16,7 @@ blocks in (pinned) host memory and streams each to the GPU just before it runs, 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -26,7 +27,10 @@ from torch import nn
 from vsrq.pipeline.colour_fix import COLOUR_FIXES, colour_fix
 from vsrq.pipeline.tiling import tiled_apply
 
-TIMESTEP = 1000.0  # one step from pure noise: the trailing-uniform schedule with a single step
+log = logging.getLogger(__name__)
+
+TIMESTEP = 1000.0
+COLOUR_FIX_FRAMES = 4  # one step from pure noise: the trailing-uniform schedule with a single step
 
 
 @dataclass
@@ -132,12 +136,14 @@ class BlockStreamer:
                 ready = self._upload(i + 1)
             for k, v in current.items():
                 named[k].data = v
-            step(i)
-            if self.stream is not None:
-                for v in current.values():  # the side stream must not reuse this memory too early
-                    v.record_stream(torch.cuda.current_stream(self.device))
-            for k, v in self.host[i].items():
-                named[k].data = v
+            try:
+                step(i)
+                if self.stream is not None:
+                    for v in current.values():  # the side stream must not reuse this memory too early
+                        v.record_stream(torch.cuda.current_stream(self.device))
+            finally:  # also after an out-of-memory error: the block must point at its host copy again
+                for k, v in self.host[i].items():
+                    named[k].data = v
             del current
 
 
@@ -150,9 +156,17 @@ def compile_blocks(dit: nn.Module) -> None:
 
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     for block in dit.blocks:
-        if not getattr(block, "_vsrq_compiled", False):
+        if not hasattr(block, "_vsrq_eager_forward"):
+            block._vsrq_eager_forward = block.forward
             block.forward = torch.compile(block.forward, dynamic=False)
-            block._vsrq_compiled = True
+
+
+def uncompile_blocks(dit: nn.Module) -> None:
+    """Back to the eager forwards (streamed blocks swap their tensors, which compiled code must not see)."""
+    for block in dit.blocks:
+        if hasattr(block, "_vsrq_eager_forward"):
+            block.forward = block._vsrq_eager_forward
+            del block._vsrq_eager_forward
 
 
 class SeedVR2Restorer(nn.Module):
@@ -181,6 +195,9 @@ class SeedVR2Restorer(nn.Module):
         """Move to `device` in `dtype`; with block offload the DiT's blocks stay in host memory."""
         self.to(dtype=dtype)
         if self.settings.offload_blocks and device.type == "cuda":
+            if self.settings.compile:
+                log.warning("--compile is not used with DiT block offload (streamed blocks run eager)")
+            uncompile_blocks(self.dit)
             blocks = self.dit.blocks
             for name, child in self.named_children():
                 if name != "dit":
@@ -201,8 +218,10 @@ class SeedVR2Restorer(nn.Module):
 
     # -- the stages, exposed for the benchmark and for tiling ----------------------------------
 
-    def _generator(self, device: torch.device, offset: int) -> torch.Generator:
-        return torch.Generator(device=device).manual_seed(self.settings.seed + offset)
+    def _generator(self, offset: int) -> torch.Generator:
+        """A CPU generator: its numbers are the same on every device and GPU model, so a job resumed
+        on another device continues with the same noise (draws are a few MB, moved after)."""
+        return torch.Generator(device="cpu").manual_seed(self.settings.seed + offset)
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """(B, 3, T, H, W) in [-1, 1] (H, W multiples of 16, T = 4n+1) -> latent (B, T', H/8, W/8, 16).
@@ -210,7 +229,7 @@ class SeedVR2Restorer(nn.Module):
         The latent is a sample of the VAE posterior (as the official inference draws it), from a
         generator seeded per call."""
         s = self.settings
-        gen = self._generator(video.device, 1)
+        gen = self._generator(1)
         enc = lambda v: self.vae.encode(v, sample=True, generator=gen).permute(0, 4, 1, 2, 3)  # noqa: E731 - channels first for tiling
         lat = tiled_apply(enc, video, scale=Fraction(1, 8), tile=s.vae_tile, overlap=s.vae_tile_overlap, align=16)
         return lat.permute(0, 2, 3, 4, 1).to(video.dtype)
@@ -224,8 +243,8 @@ class SeedVR2Restorer(nn.Module):
 
     def denoise(self, latent: torch.Tensor) -> torch.Tensor:
         """The one DiT step: clean latent from the LR latent (B, T', h, w, 16)."""
-        gen = self._generator(latent.device, 0)
-        noise = torch.randn(latent.shape, generator=gen, device=latent.device, dtype=torch.float32).to(latent.dtype)
+        gen = self._generator(0)
+        noise = torch.randn(latent.shape, generator=gen, dtype=torch.float32).to(latent.device, latent.dtype)
         ones = torch.ones_like(latent[..., :1])
         x = torch.cat([noise, latent, ones], dim=-1)
         t = torch.full((latent.shape[0],), TIMESTEP, device=latent.device)
@@ -244,8 +263,12 @@ class SeedVR2Restorer(nn.Module):
         up = resize_frames(x.float(), size).clamp(0, 1).mul(2).sub(1)
         video = pad_to_multiple(pad_frames_4n1(up), 16).to(next(self.dit.parameters()).dtype)
         restored = self.decode(self.denoise(self.encode(video)))
-        restored = restored[:, :, :t, : size[0], : size[1]]
-        frames = restored.transpose(1, 2).reshape(b * t, 3, *size)
-        ref = up.transpose(1, 2).reshape(b * t, 3, *size)
-        fixed = colour_fix(frames.float(), ref, self.settings.colour_fix)
-        return fixed.view(b, t, 3, *size).transpose(1, 2).add(1).div(2).clamp(0, 1)
+        del video
+        out = torch.empty(b, 3, t, *size, device=x.device, dtype=torch.float32)
+        for s in range(0, t, COLOUR_FIX_FRAMES):  # a few frames at a time: the wavelet fix makes ~10 copies
+            e = min(t, s + COLOUR_FIX_FRAMES)
+            frames = restored[:, :, s:e, : size[0], : size[1]].transpose(1, 2).reshape(-1, 3, *size).float()
+            ref = up[:, :, s:e].transpose(1, 2).reshape(-1, 3, *size)
+            fixed = colour_fix(frames, ref, self.settings.colour_fix)
+            out[:, :, s:e] = fixed.view(b, e - s, 3, *size).transpose(1, 2).add(1).div(2).clamp(0, 1)
+        return out

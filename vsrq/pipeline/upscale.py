@@ -120,6 +120,9 @@ class ChunkUpscaler:
         cfg = getattr(self.net, "config", None)
         self.align = int(cfg.pixel_align[1]) if cfg is not None else 1
         self.tile = opts.tile  # shrinks, for the rest of the job, when a chunk runs out of memory
+        if self.tile and not float(self.scale).is_integer():
+            raise VsrqError(f"--tile needs a whole output scale (this model runs at x{self.scale:g}); "
+                            "for SeedVR2 use --vae-tile, --offload or --max-vram to save memory")
         self._warn = on_warning or (lambda msg: log.warning("%s", msg))
 
     @torch.inference_mode()
@@ -154,6 +157,9 @@ class ChunkUpscaler:
         del err  # frees the frames the failed forward still references through the traceback
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+        if hasattr(self.net, "settings"):  # SeedVR2: frame tiles would change its attention windows
+            raise VsrqError(f"out of memory on {self.device}; try --max-vram (GiB of your GPU), or --vae-tile 512 "
+                            "and --offload, or a shorter --chunk") from None
         current = self.tile if self.tile > 0 else max(x.shape[-2:])
         smaller = max(self.align, (current // 2) // self.align * self.align)
         if current <= MIN_TILE or smaller <= self.opts.tile_overlap:
@@ -181,7 +187,7 @@ def job_fingerprint(info: VideoInfo, model: LoadedModel, opts: UpscaleOptions, e
     """What must not change between a job and its resumption (device and batch only move rounding)."""
     st = os.stat(info.path)
     weights = str(model.weights_path)
-    return {
+    fp = {
         "input": {"path": os.path.abspath(info.path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns},
         "model": {"name": model.name, "precision": model.precision, "weights": weights,
                   "bytes": os.path.getsize(weights) if os.path.isfile(weights) else None},
@@ -191,9 +197,11 @@ def job_fingerprint(info: VideoInfo, model: LoadedModel, opts: UpscaleOptions, e
         "encoder": [enc.codec, enc.crf, enc.preset, enc.pix_fmt],
         "segment frames": opts.segment_frames,
         "on error": opts.on_error,
-        # what changes a restorer's output beyond the options above (SeedVR2: seed, colour fix, VAE tiles)
-        "model settings": getattr(getattr(model.module, "settings", None), "fingerprint", lambda: None)(),
     }
+    settings = getattr(model.module, "settings", None)
+    if settings is not None:  # what changes a restorer's output beyond the options above (SeedVR2)
+        fp["model settings"] = settings.fingerprint()
+    return fp
 
 
 # bits per output pixel, generous: x264/x265/AV1 at CRF 18 on upscaled video stay well below

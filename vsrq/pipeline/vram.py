@@ -95,7 +95,8 @@ def choose(profile: MemoryProfile, size: tuple[int, int], budget_gib: float, chu
                     f"{smallest / GIB:.1f} GiB; use a smaller --scale or a larger budget")
 
 
-def _bytes(tensors) -> int:
+def tensor_bytes(tensors) -> int:
+    """Bytes held by tensors (parameters, buffers), as stored."""
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -105,9 +106,9 @@ def measure_profile(restorer, device: torch.device, dtype: torch.dtype) -> Memor
     if device.type != "cuda":
         raise VsrqError("--max-vram needs a CUDA device")
     blocks = restorer.dit.blocks
-    block_bytes = [_bytes(list(b.parameters()) + list(b.buffers())) for b in blocks]
-    dit_all = _bytes(list(restorer.dit.parameters()) + list(restorer.dit.buffers()))
-    other = _bytes(list(restorer.vae.parameters()) + list(restorer.vae.buffers())) + _bytes([restorer.text])
+    block_bytes = [tensor_bytes(list(b.parameters()) + list(b.buffers())) for b in blocks]
+    dit_all = tensor_bytes(list(restorer.dit.parameters()) + list(restorer.dit.buffers()))
+    other = tensor_bytes(list(restorer.vae.parameters()) + list(restorer.vae.buffers())) + tensor_bytes([restorer.text])
     probes = {}
     for side in (128, 256):
         video = torch.rand(1, 3, 5, side, side, device=device, dtype=dtype) * 2 - 1
@@ -157,7 +158,8 @@ def apply_memory_plan(model, opts, size: tuple[int, int], say) -> object:
                   for t in list(restorer.parameters()) + list(restorer.buffers()))
     # probe with the weights where they may end up: streamed when they alone would crowd the budget
     probe_offload = weights > 0.8 * opts.max_vram * GIB
-    restorer.settings = replace(restorer.settings, offload_blocks=probe_offload)
+    # probe untiled: the fit is per pixel of one VAE call, so the probe's calls must be whole frames
+    restorer.settings = replace(restorer.settings, offload_blocks=probe_offload, vae_tile=0)
     restorer.place(dev, dtype)
     profile = measure_profile(restorer, dev, dtype)
     plan = choose(profile, size, opts.max_vram, None if opts.auto_chunk else opts.chunk)

@@ -462,7 +462,9 @@ class SeedVR2VAE(nn.Module):
         mean, logvar = self.encode_moments(video, chunk_frames)
         z = mean
         if sample:
-            noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+            # drawn where the generator lives (a CPU generator gives the same noise on every device)
+            where = generator.device if generator is not None else mean.device
+            noise = torch.randn(mean.shape, generator=generator, device=where, dtype=mean.dtype).to(mean.device)
             z = mean + torch.exp(0.5 * logvar) * noise
         z = (z - self.config.shifting_factor) * self.config.scaling_factor
         return z.permute(0, 2, 3, 4, 1).contiguous()
