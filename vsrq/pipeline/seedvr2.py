@@ -220,7 +220,8 @@ class SeedVR2Restorer(nn.Module):
 
     def _generator(self, offset: int) -> torch.Generator:
         """A CPU generator: its numbers are the same on every device and GPU model, so a job resumed
-        on another device continues with the same noise (draws are a few MB, moved after)."""
+        on another device continues with the same noise (draws are a few MB, moved after); the
+        arithmetic itself still differs between devices and dtypes."""
         return torch.Generator(device="cpu").manual_seed(self.settings.seed + offset)
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
