@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import torch
 
-from vsrq.bench import median_ms
+from vsrq.bench import median_ms, parse_size
 from vsrq.bench_seedvr2 import quantize_dit_rtn, random_restorer
 from vsrq.pipeline.seedvr2 import SeedVR2Settings, pad_frames_4n1
 
@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("--variants", default="bf16,w4a4")
     ap.add_argument("--vae-ops", action="store_true", help="only: top CUDA ops of VAE encode/decode, and channels-last 3D convs")
     args = ap.parse_args()
-    w, h = (int(v) for v in args.size.split("x"))
+    w, h = parse_size(args.size)
     dev, dtype = torch.device("cuda"), torch.bfloat16
     with torch.inference_mode(False):  # normal tensors: the W4A4 swap reads them outside inference mode
         r = random_restorer("3b", dev, dtype, SeedVR2Settings(scale=2.0))

@@ -20,4 +20,15 @@ def bbb_path() -> str:
     return path
 
 
+@pytest.fixture
+def offline_models(tmp_path, monkeypatch):
+    """Model resolution cut off from this machine's caches and the network: the vsrq cache in
+    tmp_path/vsrq-cache, the Hugging Face cache in tmp_path/hf-hub, HF_HUB_OFFLINE=1, no user registry."""
+    monkeypatch.setenv("VSRQ_CACHE", str(tmp_path / "vsrq-cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("VSRQ_MODELS", raising=False)
+    return tmp_path
+
+
 from tests.media import audio_only, colour_tags, media, read_packets, zero_frames  # noqa: E402,F401  (shared fixtures)

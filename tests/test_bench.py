@@ -22,3 +22,13 @@ def test_bench_reports_forward_layers_size_and_pipeline():
 def test_bench_refuses_bad_precisions():
     result = CliRunner().invoke(app, ["bench", "--precisions", "w4a4,fp"])
     assert result.exit_code == 2 and "--precisions" in result.stderr
+
+
+def test_bench_sizes_are_checked_before_anything_is_built():
+    from vsrq.bench import parse_size
+
+    assert parse_size("160x90") == (160, 90) and parse_size("1080p") == (1920, 1080)
+    for bad in (["--size", "0x90"], ["--size", "wide"], ["--model", "seedvr2-3b", "--random-weights", "--sizes", "4k"]):
+        result = CliRunner().invoke(app, ["bench", *bad])
+        assert result.exit_code == 2, (bad, result.output)
+        assert "WxH" in result.output

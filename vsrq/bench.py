@@ -38,6 +38,22 @@ from vsrq.quant.recipe import DEFAULT_KEEP
 PRECISIONS = {"fp": None, "w8a8": (8, 8), "w4a4": (4, 4)}
 
 
+NAMED_SIZES = {"720p": (1280, 720), "1080p": (1920, 1080)}
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'WxH' (positive integers) or a name of NAMED_SIZES -> (w, h); ValueError says what is accepted."""
+    if text in NAMED_SIZES:
+        return NAMED_SIZES[text]
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        w = h = 0
+    if w <= 0 or h <= 0:
+        raise ValueError(f"a size is WxH (e.g. 160x90) or one of {', '.join(NAMED_SIZES)}, got {text!r}")
+    return w, h
+
+
 def synthetic_clip(path: Path, size: tuple[int, int], frames: int, fps: int = 25) -> None:
     """A moving, textured test clip (never zeros: flat input can run faster than real data)."""
     w, h = size

@@ -17,7 +17,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from vsrq.bench import PRECISIONS, median_ms
+from vsrq.bench import PRECISIONS, median_ms, parse_size
 from vsrq.pipeline.device import pick_device, pick_dtype
 from vsrq.pipeline.seedvr2 import SeedVR2Restorer, SeedVR2Settings, pad_frames_4n1
 from vsrq.pipeline.vram import tensor_bytes
@@ -25,18 +25,6 @@ from vsrq.quant.calibrate import target_layers
 from vsrq.quant.checkpoint import set_module
 from vsrq.quant.qlinear import QuantLinear
 
-OUTPUT_SIZES = {"720p": (1280, 720), "1080p": (1920, 1080)}
-
-
-def output_size(label: str) -> tuple[int, int]:
-    """'720p', '1080p' or 'WxH'."""
-    if label in OUTPUT_SIZES:
-        return OUTPUT_SIZES[label]
-    try:
-        w, h = (int(v) for v in label.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"output size must be 720p, 1080p or WxH, got {label!r}") from None
-    return w, h
 
 
 def random_restorer(preset: str, device: torch.device, dtype: torch.dtype, settings: SeedVR2Settings,
@@ -90,7 +78,7 @@ def _peak(dev: torch.device, fn) -> tuple[object, int]:
 def bench_size(restorer: SeedVR2Restorer, label: str, frames: int, repeat: int, dev: torch.device) -> dict:
     """One output size: ms and peak bytes of each stage and of the whole chunk (resize .. colour fix)."""
     dtype = next(restorer.dit.parameters()).dtype
-    w, h = output_size(label)
+    w, h = parse_size(label)
     scale = restorer.settings.scale
     lr = torch.rand(1, 3, frames, round(h / scale), round(w / scale), device=dev)
     video = pad_frames_4n1(torch.rand(1, 3, frames, h + (-h) % 16, w + (-w) % 16, device=dev, dtype=dtype) * 2 - 1)

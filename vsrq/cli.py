@@ -146,10 +146,13 @@ def upscale(
     if jobs is None:
         _check_paths(input, output, overwrite)
     loaded = load_model(model)
-    restorer = {"colour_fix": colour_fix, "vae_tile": vae_tile, "offload_blocks": offload or None, "max_vram": max_vram,
-                "seed": seed or None, "compile": compile or None}
+    # SeedVR2's options: the settings field each sets and its value (None: not given); --max-vram is
+    # applied per file, once the file's size is known (pipeline/vram.py), so it sets no field here
+    restorer = {"--colour-fix": ("colour_fix", colour_fix), "--vae-tile": ("vae_tile", vae_tile),
+                "--offload": ("offload_blocks", offload or None), "--max-vram": (None, max_vram),
+                "--seed": ("seed", seed or None), "--compile": ("compile", compile or None)}
     auto_chunk = chunk is None
-    chunk, overlap = _configure_model(loaded, scale, chunk, overlap, restorer, device)
+    chunk, overlap = _configure_model(loaded, scale, chunk, overlap, restorer)
     opts = UpscaleOptions(chunk=chunk, overlap=overlap, tile=tile, tile_overlap=tile_overlap, outscale=scale,
                           device=device, batch=batch, segment_frames=segment_frames, on_error=on_error,
                           max_vram=max_vram, auto_chunk=auto_chunk)
@@ -166,18 +169,18 @@ def _cuda_available() -> bool:
 
 
 def _configure_model(loaded: Any, scale: Optional[float], chunk: Optional[int], overlap: Optional[int],
-                     restorer: dict, device: str) -> tuple[int, int]:
+                     restorer: dict[str, tuple[Optional[str], Any]]) -> tuple[int, int]:
     """Apply the model-specific options (SeedVR2's) and fill chunk/overlap from the model's defaults."""
     from dataclasses import replace
 
-    given = {k: v for k, v in restorer.items() if v is not None}
+    given_options = [name for name, (_, value) in restorer.items() if value is not None]
     settings = getattr(loaded.module, "settings", None)
-    if given and settings is None:
-        names = ", ".join("--" + k.replace("_blocks", "").replace("_", "-") for k in given)
-        fail(f"{names} apply to SeedVR2 models only; {loaded.name} is a {getattr(loaded.module, 'arch', 'vsrq')} model", 2)
+    if given_options and settings is None:
+        fail(f"{', '.join(given_options)} apply to SeedVR2 models only; {loaded.name} is a "
+             f"{getattr(loaded.module, 'arch', 'vsrq')} model", 2)
+    given = {field: value for field, value in restorer.values() if field is not None and value is not None}
     pref_chunk, pref_overlap = getattr(loaded.module, "preferred_chunk", (8, 2))
     if settings is not None:
-        given.pop("max_vram", None)  # applied per file, once its size is known (pipeline/vram.py)
         if given.get("vae_tile"):  # a quarter of the tile, in 16-pixel steps, at most the default
             given["vae_tile_overlap"] = min(settings.vae_tile_overlap, given["vae_tile"] // 4 // 16 * 16)
         try:
@@ -380,14 +383,11 @@ def quantize(
     bar.close()
     rep = {"source_model": loaded.name, **result.report(recipe)}
     precision = result.precision()
-    if part is not None:
-        from vsrq.models.seedvr2.load import DIT_ARCH
-
-        net = result.model.get_submodule(part)
-        save_quantized(net, out, arch=DIT_ARCH, config=net.cfg.to_dict(), precision=precision, report=rep)
+    if part is not None:  # the model says what its quantized part is written as
+        net, arch, config = result.model.quantized_checkpoint()
     else:
-        arch = loaded.module.arch
-        save_quantized(result.model, out, arch=arch, config=ARCHITECTURES[arch].config_of(loaded.module), precision=precision, report=rep)
+        net, arch, config = result.model, loaded.module.arch, ARCHITECTURES[loaded.module.arch].config_of(loaded.module)
+    save_quantized(net, out, arch=arch, config=config, precision=precision, report=rep)
     if report is not None:
         tmp = report.with_name(f".{report.name}.tmp")
         tmp.write_text(json.dumps(rep, indent=2))
@@ -423,13 +423,11 @@ def bench(
     vae_tile: int = typer.Option(0, "--vae-tile", help="SeedVR2: VAE tile side in output pixels (0 = whole frames)."),
 ) -> None:
     """Speed and memory of fp vs W8A8 vs W4A4 on the same inputs, in one run."""
-    from vsrq.bench import PRECISIONS, format_report, run_bench
+    from vsrq.bench import PRECISIONS, format_report, parse_size, run_bench
 
     seedvr2 = _seedvr2_preset(model)
     if seedvr2 is not None:
         from vsrq.bench_seedvr2 import format_seedvr2_report, run_seedvr2_bench
-
-        from vsrq.bench_seedvr2 import output_size as parse_size
 
         plist = [p.strip() for p in precisions.split(",") if p.strip()]
         if not plist or any(p not in PRECISIONS for p in plist):
@@ -439,7 +437,7 @@ def bench(
         try:
             [parse_size(s.strip()) for s in sizes.split(",") if s.strip()]
         except ValueError as exc:
-            fail(str(exc), 2)
+            fail(f"--sizes: {exc}", 2)
         if not random_weights and _quantized_entry(model):
             fail(f"{model} is already quantized; bench its full-precision model (the low-bit variants are made here)", 2)
         result = run_seedvr2_bench(preset=seedvr2, sizes=[s.strip() for s in sizes.split(",") if s.strip()],
@@ -449,9 +447,9 @@ def bench(
         return
 
     try:
-        w, h = (int(v) for v in size.lower().split("x"))
-    except ValueError:
-        fail(f"--size must look like 160x90, got {size!r}", 2)
+        w, h = parse_size(size)
+    except ValueError as exc:
+        fail(f"--size: {exc}", 2)
     plist = [p.strip() for p in precisions.split(",") if p.strip()]
     if not plist or any(p not in PRECISIONS for p in plist) or plist[0] != "fp":
         fail(f"--precisions must start with fp and use {', '.join(PRECISIONS)}; got {precisions!r}", 2)

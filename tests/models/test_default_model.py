@@ -11,10 +11,7 @@ from vsrq.train.data import resize_clip
 from vsrq.train.degrade import degrade_mild
 
 
-def test_default_model_is_packaged_and_verified(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("VSRQ_CACHE", str(tmp_path))
-    monkeypatch.delenv("VSRQ_MODELS", raising=False)
+def test_default_model_is_packaged_and_verified(offline_models):
     loaded = load_model(None)
     assert loaded.name == "vsrq-tiny" and loaded.precision == "w4a4" and loaded.scale == 4
     assert loaded.quant["recipe"]["name"] == "combo-joint-mpq"
@@ -22,11 +19,9 @@ def test_default_model_is_packaged_and_verified(monkeypatch, tmp_path):
     assert fp.precision == "fp16" and fp.module.config == loaded.module.config
 
 
-def test_default_model_beats_bicubic_on_held_out_frames(bbb_path, monkeypatch, tmp_path):
+def test_default_model_beats_bicubic_on_held_out_frames(bbb_path, offline_models):
     """bigbuckbunny is never trained on. Same protocol as the eval set (docs/MODELS.md): frames
     reduced to 640x360, the mild degradation; here 8 frames and the whole frame."""
-    monkeypatch.delenv("VSRQ_MODELS", raising=False)
-    monkeypatch.setenv("VSRQ_CACHE", str(tmp_path))
     with VideoReader(bbb_path) as r:
         frames = [f.image for _, f in zip(range(48), r.frames())][40:48]
     hr = resize_clip(np.stack(frames), (360, 640))

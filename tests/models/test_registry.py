@@ -16,12 +16,7 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture(autouse=True)
-def isolated_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("VSRQ_CACHE", str(tmp_path / "vsrq-cache"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("VSRQ_MODELS", raising=False)
+pytestmark = pytest.mark.usefixtures("offline_models")
 
 
 def write_registry(tmp_path: Path, body: str, monkeypatch) -> Path:

@@ -16,12 +16,7 @@ from vsrq.pipeline.colour_fix import adain_fix, colour_fix, wavelet_fix, wavelet
 from vsrq.pipeline.seedvr2 import BlockStreamer, SeedVR2Restorer, SeedVR2Settings, pad_frames_4n1, pad_to_multiple
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("VSRQ_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("VSRQ_MODELS", raising=False)
+pytestmark = pytest.mark.usefixtures("offline_models")
 
 
 def restorer(**settings) -> SeedVR2Restorer:
@@ -115,7 +110,7 @@ def _registry(tmp_path, monkeypatch, files, name="tiny-seedvr2", weights_ref=Non
 
 def test_registry_entry_of_three_files_loads_the_same_model(tmp_path, monkeypatch):
     files = tiny_seedvr2_files(tmp_path / "parts")
-    cached = tmp_path / "cache" / "seedvr2" / "pos_emb.pt"
+    cached = tmp_path / "vsrq-cache" / "seedvr2" / "pos_emb.pt"
     cached.parent.mkdir(parents=True)
     cached.write_bytes(files["text"].read_bytes())
     _registry(tmp_path, monkeypatch, files)
@@ -134,12 +129,12 @@ def test_offline_with_files_missing_names_every_one_and_how_to_get_it(tmp_path, 
     msg = str(err.value)
     assert "\n" not in msg and "needs 2 file(s)" in msg and "HF_HUB_OFFLINE" in msg
     assert "hf download someone/seedvr2-tiny dit.safetensors --revision v1" in msg
-    assert str(tmp_path / "cache" / "seedvr2" / "pos_emb.pt") in msg and "from the SeedVR repository" in msg
+    assert str(tmp_path / "vsrq-cache" / "seedvr2" / "pos_emb.pt") in msg and "from the SeedVR repository" in msg
 
 
 def test_wrong_checksum_of_a_companion_file_is_refused(tmp_path, monkeypatch):
     files = tiny_seedvr2_files(tmp_path / "parts")
-    cached = tmp_path / "cache" / "seedvr2" / "pos_emb.pt"
+    cached = tmp_path / "vsrq-cache" / "seedvr2" / "pos_emb.pt"
     cached.parent.mkdir(parents=True)
     torch.save(torch.zeros(7, 24), cached)  # not the registered file
     _registry(tmp_path, monkeypatch, files)

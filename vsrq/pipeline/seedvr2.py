@@ -184,6 +184,13 @@ class SeedVR2Restorer(nn.Module):
         self.settings = settings or SeedVR2Settings()
         self._streamer: BlockStreamer | None = None
 
+    def quantized_checkpoint(self) -> tuple[nn.Module, str, dict]:
+        """What `vsrq quantize` writes: the DiT alone, as a vsrq SeedVR2 DiT checkpoint (the VAE and
+        text embedding stay the source model's files)."""
+        from vsrq.models.seedvr2.load import DIT_ARCH
+
+        return self.dit, DIT_ARCH, self.dit.cfg.to_dict()
+
     @property
     def config(self) -> RestorerConfig:
         s = Fraction(self.settings.scale).limit_denominator(64)
