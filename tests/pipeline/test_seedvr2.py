@@ -162,3 +162,23 @@ def test_pickled_text_embedding_with_code_is_refused(tmp_path):
     torch.save({"x": Evil()}, files["text"])
     with pytest.raises(ModelError, match="refusing to unpickle"):
         load_model(str(files["weights"]))
+
+
+def test_out_of_memory_in_a_seedvr2_chunk_is_one_line_of_advice(monkeypatch):
+    """Halving frame tiles (the vsrq DiT's retry) would change SeedVR2's attention windows; it says what to use."""
+    from pathlib import Path
+
+    from vsrq.errors import VsrqError
+    from vsrq.models.loader import LoadedModel
+    from vsrq.pipeline.upscale import ChunkUpscaler, UpscaleOptions
+
+    loaded = LoadedModel("tiny", restorer(scale=2.0), "fp32", Path("-"))
+    up = ChunkUpscaler(loaded, UpscaleOptions(device="cpu", chunk=5, overlap=1))
+
+    def oom(_x):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(up.net, "forward", oom)
+    with pytest.raises(VsrqError, match=r"out of memory on cpu; try --max-vram .*--vae-tile 512.*--offload") as err:
+        up(torch.rand(1, 3, 5, 16, 24))
+    assert "\n" not in str(err.value)
