@@ -506,6 +506,7 @@ def train(
     loss: str = typer.Option("{}", "--loss", help='Loss weights as JSON, e.g. {"temporal": 1.0} (pixel, frequency, temporal).'),
     init: Optional[Path] = typer.Option(None, "--init", help="Start a new run from this float checkpoint's weights (fine-tuning)."),
     degradations: str = typer.Option("all", "--degradations", help="all | light: train only on the light-family LR variants."),
+    qat: str = typer.Option("", "--qat", help="Quantization-aware training through this recipe's numerics (rtn, quarot, a .toml); then `vsrq quantize --method` the same recipe."),
 ) -> None:
     """Train (a slice of) the VSR DiT; bf16 autocast on CUDA; resumable."""
     from vsrq.train.trainer import PackedPairs, TrainOptions, export_weights, train as run_training
@@ -524,8 +525,13 @@ def train(
         fail("--loss: weights must be non-negative numbers", 2)
     if init is not None and not init.is_file():
         fail(f"--init {init}: no such file", 2)
+    if qat:
+        from vsrq.quant.qat import check_qat_recipe
+        from vsrq.quant.recipe import load_recipe
+
+        check_qat_recipe(load_recipe(qat))
     opts = TrainOptions(run_dir=run, model=cfg, steps=steps, batch=batch, crop=crop, frames=frames, lr=lr, seed=seed,
-                        minutes=minutes, workers=workers, loss=weights, init=str(init or ""))
+                        minutes=minutes, workers=workers, loss=weights, init=str(init or ""), qat=qat)
     summary = run_training(PackedPairs(data, degradations), opts, log=lambda line: typer.echo(line, err=True))
     typer.echo(json.dumps(summary))
     if export is not None:

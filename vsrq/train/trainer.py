@@ -57,6 +57,7 @@ class TrainOptions:
     device: str = "auto"
     loss: dict = field(default_factory=dict)
     init: str = ""  # checkpoint whose weights start a new run (fine-tuning); ignored when resuming
+    qat: str = ""  # quantization-aware training through this recipe's numerics (vsrq.quant.qat); "" = float
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -201,6 +202,13 @@ def train(store: PairStore, o: TrainOptions, log=print) -> dict:
     model = VSRDiT(config).to(device)
     ema = VSRDiT(config).to(device).requires_grad_(False)
     ema.load_state_dict(model.state_dict())
+    if o.qat:  # same parameters and keys, quantized forward: state, EMA and export stay as they are
+        from vsrq.quant.qat import prepare_qat
+        from vsrq.quant.recipe import load_recipe
+
+        recipe = load_recipe(o.qat)
+        prepare_qat(model, recipe)
+        prepare_qat(ema, recipe)
     opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(0.9, 0.99), weight_decay=0.0)
     step = load_state(o.run_dir, model, ema, opt)
     if step == 0 and o.init:
@@ -268,4 +276,8 @@ def export_weights(run_dir: Path, out: Path, precision: str = "fp16") -> None:
         state = {k[4:]: fh.get_tensor(k) for k in fh.keys() if k.startswith("ema.")}
     model = VSRDiT(DiTConfig.from_dict(json.loads(meta["config"])))
     model.load_state_dict(state)
-    save_checkpoint(model, out, arch="vsrq-dit", precision=precision, extra_meta={"vsrq.train_step": meta["step"]})
+    extra = {"vsrq.train_step": meta["step"]}
+    qat = json.loads(meta.get("options", "{}")).get("qat", "")
+    if qat:  # float weights trained to be quantized with this recipe (`vsrq quantize --method` it)
+        extra["vsrq.qat"] = qat
+    save_checkpoint(model, out, arch="vsrq-dit", precision=precision, extra_meta=extra)
