@@ -225,6 +225,17 @@ def test_fast_cpu_path_is_bit_identical_to_float64(name: str) -> None:
         assert torch.equal(bits, other.view(torch.int32))  # bitwise: signed zeros and all
 
 
+def test_per_group_activations_with_per_channel_weights_match_the_exact_sums() -> None:
+    # the CPU shortcut (one fp32 GEMM of dequantized activations) against the exact per-group sums
+    x = (torch.distributions.StudentT(4.0).sample((40, 192)) * 3).to(torch.bfloat16)
+    qw, sw, _ = quantize_weight(torch.randn(48, 192), 4, None, True, torch.float16)
+    fast = quant_linear_ref(x, qw, sw, None, 4, 32, out_dtype=torch.float32)
+    exact = quant_linear_ref(x, qw, sw, None, 4, 32, out_dtype=torch.float32, accumulate="float64")
+    assert _rel(fast, exact) < 1e-6
+    want = dequantize_activation(*quantize_activation(x.float(), 4, 32), 32).double() @ dequantize_weight(qw, sw).double().T
+    assert _rel(fast, want) < 1e-6
+
+
 def test_exact_gemm_plan() -> None:
     f32, f64 = torch.float32, torch.float64
     assert exact_gemm_plan(384, 7, 7) == (f32, 0)

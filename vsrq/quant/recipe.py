@@ -108,6 +108,9 @@ def _presets() -> dict[str, Recipe]:
     p = {
         "rtn-w8a8": replace(base, name="rtn-w8a8", w_bits=8, a_bits=8),
         "rtn": base,
+        # per-group (32 values) dynamic activation scales: finer steps than per token, no calibration;
+        # the numerics vsrq-tiny was trained through (vsrq train --qat, docs/QUANT.md)
+        "rtn-a32": replace(base, name="rtn-a32", act_group_size=32),
         "smoothquant": replace(base, name="smoothquant", smooth="search"),
         "quarot": replace(base, name="quarot", rotate=True),
         "svdquant": replace(base, name="svdquant", smooth="search", rank=16),
