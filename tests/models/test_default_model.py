@@ -31,3 +31,12 @@ def test_default_model_beats_bicubic_on_held_out_frames(bbb_path, offline_models
     base = psnr_y(np.asarray(bicubic_upscale(lr)), hr, 4).mean
     # measured 2026-11-23 on these frames: W4A4 default +0.32 dB, vsrq-tiny-fp16 +0.54 dB (docs/MODELS.md)
     assert ours > base + 0.2, (ours, base)
+
+
+def test_the_default_loads_inside_inference_mode(offline_models):
+    import torch
+
+    with torch.inference_mode():  # a natural way to call the Python API; it used to report a damaged layer
+        loaded = load_model(None)
+        out = loaded.module(torch.rand(1, 3, 2, 8, 8))
+    assert out.shape == (1, 3, 2, 32, 32)

@@ -195,7 +195,16 @@ def _seedvr2_parts_for(path: Path, models: dict[str, ModelSpec]) -> dict[str, Pa
 
 
 def load_model(name_or_path: str | None) -> LoadedModel:
-    """A registry name, a path to a checkpoint, or None for the default model."""
+    """A registry name, a path to a checkpoint, or None for the default model.
+
+    Works inside ``torch.inference_mode()`` too: the module is built with inference mode off
+    (building writes into its buffers, which inference tensors refuse), then runs in any mode.
+    """
+    with torch.inference_mode(False):
+        return _load_model(name_or_path)
+
+
+def _load_model(name_or_path: str | None) -> LoadedModel:
     models, default = load_registry()
     key = name_or_path or default
     if key in models:
