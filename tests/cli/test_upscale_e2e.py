@@ -16,8 +16,14 @@ from vsrq.io import VideoReader, probe
 def run_vsrq(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     import os
 
+    import signal
+
     env = dict(os.environ, **(env_extra or {}))
-    return subprocess.run([sys.executable, "-m", "vsrq", *args], capture_output=True, text=True, env=env, timeout=600)
+    # SIGINT as in a terminal: a shell running the tests in the background (`pytest &`) passes SIGINT
+    # on ignored, and Python then never raises KeyboardInterrupt, so the Ctrl-C tests would see exit 0
+    reset = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    return subprocess.run([sys.executable, "-m", "vsrq", *args], capture_output=True, text=True, env=env, timeout=600,
+                          preexec_fn=reset)
 
 
 def audio_packets(path: Path) -> list[bytes]:

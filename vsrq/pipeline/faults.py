@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 from dataclasses import dataclass
 
 ENV = "VSRQ_FAULT"
@@ -24,24 +23,10 @@ class Fault:
     point: str = ""
     count: int = 0
     fired: bool = False
-    due: bool = False  # reached on a worker thread, to be fired by the job thread (`fire_if_due`)
 
     def _maybe_fire(self, point: str, count: int) -> None:
         if self.sig is not None and not self.fired and point == self.point and count >= self.count:
             self.fired = True
-            if threading.current_thread() is threading.main_thread():
-                os.kill(os.getpid(), self.sig)
-            else:
-                # Python runs signal handlers on the main thread at a point of its own choosing; a
-                # SIGINT sent from the encoding thread could land anywhere in the job (once, under
-                # load, after the job had passed every place that turns it into an interruption,
-                # and the job finished with exit 0). The job thread fires it instead.
-                self.due = True
-
-    def fire_if_due(self) -> None:
-        """Called by the job thread between frames: send the signal reached on a worker thread."""
-        if self.due:
-            self.due = False
             os.kill(os.getpid(), self.sig)
 
     def after_frame(self, frames: int) -> None:

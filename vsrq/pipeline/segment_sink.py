@@ -53,7 +53,6 @@ class SegmentSink:
         """Wait until every frame is encoded and every segment committed; raise the worker's error."""
         self._put((_STOP,))
         self._thread.join()
-        self.fault.fire_if_due()
         self._raise_error()
 
     def abort(self) -> None:
@@ -73,7 +72,6 @@ class SegmentSink:
 
     def _put(self, item: tuple) -> None:
         while True:
-            self.fault.fire_if_due()
             self._raise_error()
             if not self._thread.is_alive():
                 raise RuntimeError("the encoding thread has stopped")
