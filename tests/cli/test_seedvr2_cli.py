@@ -61,3 +61,19 @@ def test_seedvr2_options_on_another_model_are_one_line_errors(short_bbb, test_mo
     assert result.returncode != 0 and "--tile needs a whole output scale" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not Path(tmp_path / "o.mp4").exists()
+
+
+def test_resume_fingerprint_names_the_vae_and_text_files(short_bbb, test_model, tmp_path):
+    import os
+
+    from vsrq.pipeline.upscale import EncodeOptions, UpscaleOptions, job_fingerprint
+
+    files = tiny_seedvr2_files(tmp_path / "m")
+    info, opts, enc = probe(str(short_bbb)), UpscaleOptions(), EncodeOptions()
+    before = job_fingerprint(info, load_model(str(files["weights"])), opts, enc, (64, 64))
+    assert set(before["model files"]) == {"vae", "text"}
+    st = os.stat(files["vae"])
+    os.utime(files["vae"], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a replaced VAE file
+    after = job_fingerprint(info, load_model(str(files["weights"])), opts, enc, (64, 64))
+    assert after["model files"]["vae"] != before["model files"]["vae"] and after["model"] == before["model"]
+    assert "model files" not in job_fingerprint(info, load_model(str(test_model)), opts, enc, (64, 64))

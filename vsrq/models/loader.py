@@ -53,6 +53,7 @@ class LoadedModel:
     precision: str
     weights_path: Path
     quant: dict = field(default_factory=dict)
+    other_files: dict[str, Path] = field(default_factory=dict)  # beside the weights (SeedVR2: vae, text)
 
     @property
     def scale(self) -> float:
@@ -171,7 +172,8 @@ def load_seedvr2(name: str, files: dict[str, Path], config: dict) -> LoadedModel
     dit, precision, quant = load_dit(files["weights"], config.get("dit"))
     restorer = SeedVR2Restorer(dit, load_vae(files["vae"]), load_text(files["text"]),
                                SeedVR2Settings(scale=float(config.get("scale", 2))))
-    return LoadedModel(name=name, module=restorer.eval(), precision=precision, weights_path=files["weights"], quant=quant)
+    return LoadedModel(name=name, module=restorer.eval(), precision=precision, weights_path=files["weights"], quant=quant,
+                       other_files={role: Path(p) for role, p in files.items() if role != "weights"})
 
 
 def _seedvr2_parts_for(path: Path, models: dict[str, ModelSpec]) -> dict[str, Path]:

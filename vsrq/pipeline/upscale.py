@@ -182,6 +182,12 @@ def upscale_clip(upscaler: ChunkUpscaler, clip: np.ndarray) -> np.ndarray:
     return np.stack([tensor_to_image(f, high_depth=False) for f in torch.cat(out)])
 
 
+def _file_identity(path: Path) -> dict:
+    """Path, size and modification time: a replaced file is noticed without hashing gigabytes."""
+    st = os.stat(path)
+    return {"path": os.path.abspath(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
 def job_fingerprint(info: VideoInfo, model: LoadedModel, opts: UpscaleOptions, enc: EncodeOptions,
                     size: tuple[int, int]) -> dict:
     """What must not change between a job and its resumption (device and batch only move rounding)."""
@@ -198,6 +204,8 @@ def job_fingerprint(info: VideoInfo, model: LoadedModel, opts: UpscaleOptions, e
         "segment frames": opts.segment_frames,
         "on error": opts.on_error,
     }
+    if model.other_files:  # the VAE and text embeddings change a SeedVR2 output as much as the DiT does
+        fp["model files"] = {role: _file_identity(path) for role, path in sorted(model.other_files.items())}
     settings = getattr(model.module, "settings", None)
     if settings is not None:  # what changes a restorer's output beyond the options above (SeedVR2)
         fp["model settings"] = settings.fingerprint()
