@@ -503,7 +503,7 @@ def train(
     seed: int = typer.Option(0, "--seed"),
     workers: int = typer.Option(4, "--workers"),
     export: Optional[Path] = typer.Option(None, "--export", help="Write the EMA weights here (fp16) when the slice ends."),
-    loss: str = typer.Option("{}", "--loss", help='Loss weights as JSON, e.g. {"temporal": 1.0} (pixel, frequency, temporal).'),
+    loss: str = typer.Option("{}", "--loss", help='Loss weights as JSON, e.g. {"temporal": 1.0} (pixel, frequency, temporal, static).'),
     init: Optional[Path] = typer.Option(None, "--init", help="Start a new run from this float checkpoint's weights (fine-tuning)."),
     degradations: str = typer.Option("all", "--degradations", help="all | light: train only on the light-family LR variants."),
     qat: str = typer.Option("", "--qat", help="Quantization-aware training through this recipe's numerics (rtn, quarot, a .toml); then `vsrq quantize --method` the same recipe."),
@@ -520,7 +520,7 @@ def train(
 
     unknown = set(weights) - set(LossWeights.__dataclass_fields__) if isinstance(weights, dict) else {"(not an object)"}
     if unknown:
-        fail(f"--loss: unknown weight(s) {sorted(unknown)}; known: pixel, frequency, temporal", 2)
+        fail(f"--loss: unknown weight(s) {sorted(unknown)}; known: {', '.join(LossWeights.__dataclass_fields__)}", 2)
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in weights.values()):
         fail("--loss: weights must be non-negative numbers", 2)
     if init is not None and not init.is_file():

@@ -116,3 +116,16 @@ def test_light_family_draws_are_recognised_and_heavy_ones_mostly_not(monkeypatch
     monkeypatch.setattr(degrade, "MILD_SHARE", 0.0)
     heavy = [degrade.is_light(degrade.sample_degrade_params(rng).to_dict()) for _ in range(500)]
     assert sum(heavy) < 25  # the heavy mix overlaps the light ranges only by chance
+
+
+def test_static_loss_scores_flicker_on_a_static_noisy_clip_and_trains(tmp_path):
+    from vsrq.train.losses import static_clip, static_flicker
+
+    lr = torch.rand(2, 3, 4, 8, 8)
+    s = static_clip(lr, 1.0, torch.Generator().manual_seed(0))
+    assert torch.equal(s, (s * 255).round() / 255)  # 8-bit codes
+    assert (s - lr[:, :, :1]).abs().max() < 6 / 255 and (s[:, :, 1:] != s[:, :, :1]).any()  # noise, re-drawn per frame
+    assert static_flicker(lr[:, :, :1].expand_as(lr)) == 0 and static_flicker(lr) > 0.1
+    logs = []
+    train(ToyStore(), opts(tmp_path, 3, loss={"static": 1.0}), log=logs.append)
+    assert all("static=" in line for line in logs)

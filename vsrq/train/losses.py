@@ -31,19 +31,41 @@ def temporal_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (dp - dt).abs().mean()
 
 
+def static_flicker(pred: torch.Tensor) -> torch.Tensor:
+    """Mean |frame-to-frame change| of the output for a static scene (its truth does not change)."""
+    if pred.shape[2] < 2:
+        return pred.new_zeros(())
+    return (pred[:, :, 1:].float() - pred[:, :, :-1].float()).abs().mean()
+
+
+def static_clip(lr: torch.Tensor, noise: float, generator: torch.Generator) -> torch.Tensor:
+    """A static scene seen through fresh noise each frame: frame 0 of `lr` repeated, plus Gaussian
+    noise of `noise` code values, rounded to 8-bit codes (as docs/QUANT.md's flicker measure does).
+    What a quantized model must not turn into flicker: its rounding error is re-drawn every frame."""
+    first = lr[:, :, :1].expand_as(lr)
+    n = torch.randn(lr.shape, generator=generator, device=lr.device, dtype=torch.float32) * (noise / 255.0)
+    return ((first.float() + n) * 255.0).round().clamp(0, 255) / 255.0
+
+
 @dataclass(frozen=True)
 class LossWeights:
     pixel: float = 1.0
     frequency: float = 0.05
     temporal: float = 0.5
+    static: float = 0.0  # output change on a static noisy clip (static_clip); 0 = no extra forward pass
 
 
-def vsr_loss(pred: torch.Tensor, target: torch.Tensor, w: LossWeights = LossWeights()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Weighted sum and its parts (detached 0-d tensors, so logging needs no device sync per step)."""
+def vsr_loss(pred: torch.Tensor, target: torch.Tensor, w: LossWeights = LossWeights(),
+             static_pred: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Weighted sum and its parts (detached 0-d tensors, so logging needs no device sync per step).
+    `static_pred`: the model's output on a static_clip, scored by static_flicker (weight w.static)."""
     parts = {
         "pixel": charbonnier(pred, target),
         "frequency": frequency_l1(pred, target),
         "temporal": temporal_l1(pred, target),
     }
     total = w.pixel * parts["pixel"] + w.frequency * parts["frequency"] + w.temporal * parts["temporal"]
+    if static_pred is not None:
+        parts["static"] = static_flicker(static_pred)
+        total = total + w.static * parts["static"]
     return total, {k: v.detach() for k, v in parts.items()}

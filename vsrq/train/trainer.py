@@ -26,7 +26,7 @@ from vsrq.errors import VsrqError
 from vsrq.models.dit import DiTConfig, VSRDiT
 from vsrq.models.loader import save_checkpoint
 from vsrq.train.data import crop_pair
-from vsrq.train.losses import LossWeights, vsr_loss
+from vsrq.train.losses import LossWeights, static_clip, vsr_loss
 
 
 class PairStore(Protocol):
@@ -131,6 +131,7 @@ def lr_at(step: int, o: TrainOptions) -> float:
 
 
 STATE = "state.safetensors"
+STATIC_NOISE = 1.0  # code values of noise per frame in the static clips of the `static` loss
 
 
 def save_state(run_dir: Path, model: VSRDiT, ema: VSRDiT, opt: torch.optim.Optimizer, step: int, o: TrainOptions) -> None:
@@ -236,9 +237,13 @@ def train(store: PairStore, o: TrainOptions, log=print) -> dict:
             hr_clip = hr_clip.to(device, non_blocking=True)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, o)
+            static_pred = None
             with amp:
                 pred = model(lr_clip)
-            loss, parts = vsr_loss(pred.float(), hr_clip, weights)
+                if weights.static:  # half the batch again, as a static scene through fresh noise
+                    gen = torch.Generator(device=device).manual_seed(o.seed * 1_000_003 + step)
+                    static_pred = model(static_clip(lr_clip[: max(1, len(lr_clip) // 2)], STATIC_NOISE, gen))
+            loss, parts = vsr_loss(pred.float(), hr_clip, weights, static_pred)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
