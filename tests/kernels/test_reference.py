@@ -227,9 +227,15 @@ def test_fast_cpu_path_is_bit_identical_to_float64(name: str) -> None:
 
 def test_per_group_activations_with_per_channel_weights_match_the_exact_sums() -> None:
     # the CPU shortcut (one fp32 GEMM of dequantized activations) against the exact per-group sums
+    from unittest import mock
+
+    from vsrq.kernels import reference
+
     x = (torch.distributions.StudentT(4.0).sample((40, 192)) * 3).to(torch.bfloat16)
     qw, sw, _ = quantize_weight(torch.randn(48, 192), 4, None, True, torch.float16)
-    fast = quant_linear_ref(x, qw, sw, None, 4, 32, out_dtype=torch.float32)
+    with mock.patch.object(reference, "_act_group_gemm", wraps=reference._act_group_gemm) as shortcut:
+        fast = quant_linear_ref(x, qw, sw, None, 4, 32, out_dtype=torch.float32)
+    assert shortcut.call_count == 1  # the shortcut did run
     exact = quant_linear_ref(x, qw, sw, None, 4, 32, out_dtype=torch.float32, accumulate="float64")
     assert _rel(fast, exact) < 1e-6
     want = dequantize_activation(*quantize_activation(x.float(), 4, 32), 32).double() @ dequantize_weight(qw, sw).double().T

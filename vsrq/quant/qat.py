@@ -32,7 +32,8 @@ from vsrq.quant.recipe import Recipe
 
 __all__ = ["FakeQuantLinear", "check_qat_recipe", "prepare_qat"]
 
-# Recipe fields that fit values on calibration data; QAT needs them at their "off" value.
+# Recipe fields that fit values on calibration data; QAT needs them at their "off" value. A new
+# data-fitted Recipe field must be added here, or QAT would accept it and train other numerics.
 _DATA_FITTED = {"smooth": None, "rank": 0, "act_clip": None, "bias_align": None, "refine": None,
                 "granularity_search": False, "mixed_budget": 0.0, "flicker_budget": 0.0}
 
@@ -43,7 +44,7 @@ def check_qat_recipe(recipe: Recipe) -> None:
     if bad:
         raise VsrqError(
             f"recipe {recipe.name!r} cannot be trained through: {', '.join(bad)} fit(s) values on calibration "
-            "data; use a recipe of round-to-nearest and rotation only (e.g. rtn, quarot, rtn-w8a8)"
+            "data; use a recipe of round-to-nearest and rotation only (e.g. rtn-a32, rtn, quarot, rtn-w8a8)"
         )
 
 
