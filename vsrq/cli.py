@@ -10,6 +10,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -127,7 +128,7 @@ def upscale(
         fail(f"--overlap must be between 0 and half of --chunk ({chunk // 2}); got --chunk {chunk} --overlap {overlap}", 2)
     if vae_tile is not None and (vae_tile < 0 or vae_tile % 16):
         fail(f"--vae-tile must be 0 or a positive multiple of 16, got {vae_tile}", 2)
-    if max_vram is not None and max_vram <= 0:
+    if max_vram is not None and not (math.isfinite(max_vram) and max_vram > 0):
         fail(f"--max-vram must be a positive number of GiB, got {max_vram}", 2)
     if max_vram is not None and (device == "cpu" or (device == "auto" and not _cuda_available())):
         fail("--max-vram plans GPU memory; it needs a CUDA device", 2)

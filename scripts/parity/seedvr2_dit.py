@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from vsrq.models.seedvr2.dit import SeedVR2DiT, SeedVR2DiTConfig  # noqa: E402
-from vsrq.models.seedvr2.dit_keys import check_dit_state, dit_state_from_official, infer_dit_preset  # noqa: E402
+from vsrq.models.seedvr2.dit_keys import check_dit_state, dit_state_from_official  # noqa: E402
 
 TOL = 1e-3
 
@@ -209,6 +209,7 @@ def main() -> int:
               f"{len(sd)}, names and shapes equal; preset detection on real shapes is in the tests")
         ours = SeedVR2DiT(cfg).eval()
         ours.load_state_dict(sd, strict=True)
+        cfg_worst = 0.0
 
         g = torch.Generator().manual_seed(2)
         x = torch.randn(B, T, H, W, cfg.vid_in_channels, generator=g).bfloat16().float()
@@ -222,11 +223,12 @@ def main() -> int:
             got = ours(x, txt, tt)
             r = rel(got, ref)
             worst = max(worst, r)
+            cfg_worst = max(cfg_worst, r)
             print(f"{name:9s} B={B} grid={T}x{H // 2}x{W // 2} L={L} t={t:6.1f}: "
                   f"max_abs={((got - ref).abs().max()).item():.3e} rel={r:.3e} "
                   f"(as shipped, bf16 attn inputs: rel={rel(got, shipped):.3e})"
                   + ("  FAIL" if r > TOL else ""))
-        if args.write_golden and name.endswith("tiny"):
+        if args.write_golden and name.endswith("tiny") and cfg_worst <= TOL:  # goldens only from a passing run
             write_golden(Path(args.write_golden), name, cfg, ours, x, txt)
     print(f"worst rel = {worst:.3e} (tolerance {TOL:g})")
     return 0 if worst <= TOL else 1

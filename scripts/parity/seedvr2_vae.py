@@ -171,7 +171,7 @@ def main() -> int:
             for r in rows:
                 print(f"{r[0]:<28} {r[1]:<32} {r[2]:10.3e} {r[3]:10.3e}")
                 worst = max(worst, r[3])
-            if args.write_golden is not None and preset == "tiny":
+            if args.write_golden is not None and preset == "tiny" and max(r[3] for r in rows) <= args.tol:  # only passing cases
                 from safetensors.torch import save_file
 
                 args.write_golden.mkdir(parents=True, exist_ok=True)

@@ -77,3 +77,21 @@ def test_resume_fingerprint_names_the_vae_and_text_files(short_bbb, test_model, 
     after = job_fingerprint(info, load_model(str(files["weights"])), opts, enc, (64, 64))
     assert after["model files"]["vae"] != before["model files"]["vae"] and after["model"] == before["model"]
     assert "model files" not in job_fingerprint(info, load_model(str(test_model)), opts, enc, (64, 64))
+
+
+def test_seedvr2_bad_text_width_tiny_output_and_nan_budget_are_one_line_errors(short_bbb, test_model, tmp_path):
+    import pytest
+
+    from vsrq.errors import ModelError
+
+    files = tiny_seedvr2_files(tmp_path / "m")
+    torch.save(torch.randn(7, 3), files["text"])  # an embedding of another width
+    with pytest.raises(ModelError, match="width 3"):
+        load_model(str(files["weights"]))
+    files = tiny_seedvr2_files(tmp_path / "n")
+    out = tmp_path / "o.mp4"
+    result = run_vsrq("upscale", str(short_bbb), str(out), "-m", str(files["weights"]), "--scale", "0.05", "--quiet")
+    assert result.returncode != 0 and "under 16 pixels" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+    result = run_vsrq("upscale", str(short_bbb), str(out), "--max-vram", "nan")
+    assert result.returncode == 2 and "positive number of GiB" in result.stderr

@@ -170,7 +170,12 @@ def load_seedvr2(name: str, files: dict[str, Path], config: dict) -> LoadedModel
         if role not in files:
             raise ModelError(f"model {name!r}: a SeedVR2 model needs a {role} file (registry: files.{role})")
     dit, precision, quant = load_dit(files["weights"], config.get("dit"))
-    restorer = SeedVR2Restorer(dit, load_vae(files["vae"]), load_text(files["text"]),
+    text = load_text(files["text"])
+    width = dit.cfg.txt_in_dim or dit.cfg.dim  # what the DiT's text input layer takes
+    if text.shape[-1] != width:
+        raise ModelError(f"{files['text']}: text embedding of width {text.shape[-1]}, this DiT takes {width} "
+                         "(a file from another model?)")
+    restorer = SeedVR2Restorer(dit, load_vae(files["vae"]), text,
                                SeedVR2Settings(scale=float(config.get("scale", 2))))
     return LoadedModel(name=name, module=restorer.eval(), precision=precision, weights_path=files["weights"], quant=quant,
                        other_files={role: Path(p) for role, p in files.items() if role != "weights"})

@@ -27,10 +27,12 @@ from torch import nn
 from vsrq.pipeline.colour_fix import COLOUR_FIXES, colour_fix
 from vsrq.pipeline.tiling import tiled_apply
 
+from vsrq.errors import InputError
+
 log = logging.getLogger(__name__)
 
-TIMESTEP = 1000.0
-COLOUR_FIX_FRAMES = 4  # one step from pure noise: the trailing-uniform schedule with a single step
+TIMESTEP = 1000.0  # one step from pure noise: the trailing-uniform schedule with a single step
+COLOUR_FIX_FRAMES = 4  # frames colour-fixed at a time (bounds the fp32 copies the fix makes)
 
 
 @dataclass
@@ -267,7 +269,9 @@ class SeedVR2Restorer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, T, h, w) in [0, 1] -> (B, 3, T, round(h*scale), round(w*scale)) in [0, 1]."""
         b, _, t, h, w = x.shape
-        size = (max(16, round(h * self.settings.scale)), max(16, round(w * self.settings.scale)))
+        size = (round(h * self.settings.scale), round(w * self.settings.scale))
+        if min(size) < 16:  # clamping each side alone would distort the picture
+            raise InputError(f"output {size[1]}x{size[0]} is under 16 pixels on a side: use a larger --scale")
         up = resize_frames(x.float(), size).clamp(0, 1).mul(2).sub(1)
         video = pad_to_multiple(pad_frames_4n1(up), 16).to(next(self.dit.parameters()).dtype)
         restored = self.decode(self.denoise(self.encode(video)))
