@@ -38,10 +38,17 @@ def test_seedvr2_upscale_then_quantize_and_upscale_again(short_bbb, tmp_path, mo
     assert loaded.precision == "w4a4" and qlayers and all(n.startswith("blocks.") for n in qlayers)
     assert not any(isinstance(m, QuantLinear) for m in loaded.module.vae.modules())
     fp = load_model(str(files["weights"])).module
+    garbage = load_model(str(files["weights"])).module  # the same model with its DiT weights scrambled
+    with torch.no_grad():
+        for p in garbage.dit.parameters():
+            p.add_(torch.randn_like(p) * p.float().std().nan_to_num(0.02).clamp_min(0.02))
+    for m in (loaded.module, fp, garbage):  # no colour fix: it would pull any DiT output towards the input
+        m.settings.colour_fix = "none"
     x = torch.rand(1, 3, 5, 16, 24)
     with torch.no_grad():
-        yq, yf = loaded.module(x), fp(x)
-    assert 0 < float((yq - yf).abs().mean()) < 0.1  # quantized, still the same picture
+        yq, yf, yg = loaded.module(x), fp(x), garbage(x)
+    dq, dg = float((yq - yf).abs().mean()), float((yg - yf).abs().mean())
+    assert 0 < dq < 0.25 * dg, (dq, dg)  # quantized, and far closer to the float model than a broken DiT
     out_q = tmp_path / "out_q.mp4"
     result = run_vsrq("upscale", str(short_bbb), str(out_q), "--model", str(q), "--quiet")
     assert result.returncode == 0, result.stderr
