@@ -61,3 +61,18 @@ def test_qat_training_learns_and_exports_a_float_checkpoint_marked_with_its_reci
     _, meta = read_checkpoint(out)
     assert meta["vsrq.qat"] == "quarot"
     assert load_model(str(out)).precision == "fp16"
+
+
+def test_every_recipe_field_is_classified_for_qat():
+    # a new Recipe field must be either fitted on data (refused by QAT) or numerics QAT reproduces / ignores
+    import dataclasses
+
+    from vsrq.quant.qat import _DATA_FITTED
+    from vsrq.quant.recipe import Recipe
+
+    not_fitted = {"name", "w_bits", "a_bits", "group_size", "act_group_size", "symmetric", "rotate", "keep",
+                  "fold_modulation", "seed", "calib_tokens", "extra",
+                  # only read when a data-fitted field above is on
+                  "smooth_alpha", "rank_alloc", "lowrank_init", "refine_steps", "refine_layers", "mixed_bits", "flicker_bits"}
+    fields = {f.name for f in dataclasses.fields(Recipe)}
+    assert fields == set(_DATA_FITTED) | not_fitted, fields ^ (set(_DATA_FITTED) | not_fitted)
