@@ -504,7 +504,7 @@ def train(
     seed: int = typer.Option(0, "--seed"),
     workers: int = typer.Option(4, "--workers"),
     export: Optional[Path] = typer.Option(None, "--export", help="Write the EMA weights here (fp16) when the slice ends."),
-    loss: str = typer.Option("{}", "--loss", help='Loss weights as JSON, e.g. {"temporal": 1.0} (pixel, frequency, temporal, static).'),
+    loss: str = typer.Option("{}", "--loss", help='Loss weights as JSON, e.g. {"temporal": 1.0} (pixel, frequency, temporal, static, warp).'),
     init: Optional[Path] = typer.Option(None, "--init", help="Start a new run from this float checkpoint's weights (fine-tuning)."),
     degradations: str = typer.Option("all", "--degradations", help="all | light: train only on the light-family LR variants."),
     qat: str = typer.Option("", "--qat", help="Quantization-aware training through this recipe's numerics (rtn, quarot, a .toml); then `vsrq quantize --method` the same recipe."),

@@ -5,6 +5,7 @@ import torch
 from safetensors import safe_open
 
 from vsrq.models.loader import load_model
+from vsrq.train.data import CameraMotion
 from vsrq.train.losses import charbonnier, temporal_l1, vsr_loss
 from vsrq.train.trainer import STATE, TrainOptions, batch_plan, export_weights, train
 
@@ -129,3 +130,23 @@ def test_static_loss_scores_flicker_on_a_static_noisy_clip_and_trains(tmp_path):
     logs = []
     train(ToyStore(), opts(tmp_path, 3, loss={"static": 1.0}), log=logs.append)
     assert len(logs) == 3 and all("static=" in line for line in logs)
+
+
+class CameraStore(ToyStore):
+    """ToyStore whose clips claim a camera motion: the warp loss gets their (exact, here made-up) flow."""
+
+    def motion(self, i):
+        return CameraMotion(1.0, (1.0, 0.5)).to_dict(), (32, 32)
+
+
+def test_warp_loss_trains_with_flow_from_the_store_and_zero_flow_without(tmp_path):
+    from vsrq.train.trainer import CropDataset
+
+    item = CropDataset(CameraStore(), 8, 4, 2, flow=True)[(0, 5)]
+    assert len(item) == 3 and item[2].shape == (2, 3, 16, 16) and item[2].abs().amax() > 0.4
+    plain = CropDataset(ToyStore(), 8, 4, 2, flow=True)[(0, 5)]
+    assert not plain[2].any()
+    assert len(CropDataset(ToyStore(), 8, 4, 2)[(0, 5)]) == 2  # no flow unless asked
+    logs = []
+    train(CameraStore(), opts(tmp_path, 3, loss={"warp": 1.0}), log=logs.append)
+    assert len(logs) == 3 and all("warp=" in line for line in logs)

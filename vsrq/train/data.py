@@ -663,33 +663,60 @@ class ClipDataset(Dataset):
         return {"lr": lt, "hr": ht, "index": index, "variant": j}
 
 
-def crop_pair(lr: np.ndarray, hr: np.ndarray, scale: int, crop: int | None, frames: int | None,
-              rng: np.random.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The one crop/augment of training pairs: aligned LR crop of `crop` pixels (HR scale x larger),
-    `frames` frames; with `rng`, random position, flips, transpose (square crops) and time
-    reversal; without, the first frames and the centre crop. Returns float (3, T, h, w) in [0, 1]."""
-    t, h, w, _ = lr.shape
+@dataclass(frozen=True)
+class CropPlan:
+    """One draw of the training crop/augmentation, so other per-clip data (a flow) can follow it.
+    t0/n: frames; y/x/c: LR crop offset and size (c None = whole frame); flips: x, y, transpose, time."""
+
+    t0: int
+    n: int
+    y: int
+    x: int
+    c: int | None
+    flips: tuple[bool, bool, bool, bool]
+
+
+def draw_crop_plan(t: int, h: int, w: int, crop: int | None, frames: int | None,
+                   rng: np.random.Generator | None) -> CropPlan:
+    """With `rng`: random frames, position, flips, transpose (square crops) and time reversal;
+    without: the first frames and the centre crop. Sizes are LR pixels."""
     n = t if frames is None else min(frames, t)
     t0 = int(rng.integers(0, t - n + 1)) if rng is not None else 0
-    lr, hr = lr[t0:t0 + n], hr[t0:t0 + n]
+    y = x = 0
+    c = None
     if crop is not None:
         c = min(crop, h, w)
         if rng is not None:
             y, x = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))
         else:
             y, x = (h - c) // 2, (w - c) // 2
-        lr = lr[:, y:y + c, x:x + c]
-        hr = hr[:, y * scale:(y + c) * scale, x * scale:(x + c) * scale]
+    flips = (False,) * 4
     if rng is not None:
-        flips = rng.random(4) < 0.5
-        if flips[0]:
-            lr, hr = lr[:, :, ::-1], hr[:, :, ::-1]
-        if flips[1]:
-            lr, hr = lr[:, ::-1], hr[:, ::-1]
-        if flips[2] and lr.shape[1] == lr.shape[2]:
-            lr, hr = lr.transpose(0, 2, 1, 3), hr.transpose(0, 2, 1, 3)
-        if flips[3]:
-            lr, hr = lr[::-1], hr[::-1]
+        f = rng.random(4) < 0.5
+        flips = (bool(f[0]), bool(f[1]), bool(f[2]), bool(f[3]))  # the transpose applies to square crops only
+    return CropPlan(t0, n, y, x, c, flips)  # type: ignore[arg-type]
+
+
+def crop_pair(lr: np.ndarray, hr: np.ndarray, scale: int, crop: int | None, frames: int | None,
+              rng: np.random.Generator | None, plan: CropPlan | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one crop/augment of training pairs: aligned LR crop of `crop` pixels (HR scale x larger),
+    `frames` frames; with `rng`, random position, flips, transpose (square crops) and time
+    reversal; without, the first frames and the centre crop (or `plan`, drawn beforehand by
+    `draw_crop_plan`). Returns float (3, T, h, w) in [0, 1]."""
+    t, h, w, _ = lr.shape
+    p = plan if plan is not None else draw_crop_plan(t, h, w, crop, frames, rng)
+    lr, hr = lr[p.t0:p.t0 + p.n], hr[p.t0:p.t0 + p.n]
+    if p.c is not None:
+        lr = lr[:, p.y:p.y + p.c, p.x:p.x + p.c]
+        hr = hr[:, p.y * scale:(p.y + p.c) * scale, p.x * scale:(p.x + p.c) * scale]
+    if p.flips[0]:
+        lr, hr = lr[:, :, ::-1], hr[:, :, ::-1]
+    if p.flips[1]:
+        lr, hr = lr[:, ::-1], hr[:, ::-1]
+    if p.flips[2] and lr.shape[1] == lr.shape[2]:
+        lr, hr = lr.transpose(0, 2, 1, 3), hr.transpose(0, 2, 1, 3)
+    if p.flips[3]:
+        lr, hr = lr[::-1], hr[::-1]
     to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(3, 0, 1, 2).float().div_(255.0)  # noqa: E731
     return to(lr), to(hr)
 

@@ -53,12 +53,14 @@ class LossWeights:
     frequency: float = 0.05
     temporal: float = 0.5
     static: float = 0.0  # output change on a static noisy clip (static_clip); 0 = no extra forward pass
+    warp: float = 0.0  # motion-compensated temporal term (flow.warped_temporal_l1); needs the clips' flow
 
 
 def vsr_loss(pred: torch.Tensor, target: torch.Tensor, w: LossWeights = LossWeights(),
-             static_pred: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+             static_pred: torch.Tensor | None = None, flow: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted sum and its parts (detached 0-d tensors, so logging needs no device sync per step).
-    `static_pred`: the model's output on a static_clip, scored by static_flicker (weight w.static)."""
+    `static_pred`: the model's output on a static_clip, scored by static_flicker (weight w.static);
+    `flow`: the clips' forward flow (B, 2, T-1, H, W), for the warped temporal term (weight w.warp)."""
     parts = {
         "pixel": charbonnier(pred, target),
         "frequency": frequency_l1(pred, target),
@@ -68,4 +70,11 @@ def vsr_loss(pred: torch.Tensor, target: torch.Tensor, w: LossWeights = LossWeig
     if static_pred is not None:
         parts["static"] = static_flicker(static_pred)
         total = total + w.static * parts["static"]
+    if w.warp:
+        if flow is None:
+            raise ValueError("the warp loss needs the clips' flow")
+        from vsrq.train.flow import warped_temporal_l1
+
+        parts["warp"] = warped_temporal_l1(pred, target, flow)
+        total = total + w.warp * parts["warp"]
     return total, {k: v.detach() for k, v in parts.items()}

@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader, Dataset
 from vsrq.errors import VsrqError
 from vsrq.models.dit import DiTConfig, VSRDiT
 from vsrq.models.loader import save_checkpoint
-from vsrq.train.data import crop_pair
+from vsrq.train.data import crop_pair, draw_crop_plan
+from vsrq.train.flow import plan_flow
 from vsrq.train.losses import LossWeights, static_clip, vsr_loss
 
 
@@ -35,6 +36,13 @@ class PairStore(Protocol):
     def __len__(self) -> int: ...
 
     def pair(self, index: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def pair_motion(store: PairStore, index: int) -> tuple[dict | None, tuple[int, int] | None]:
+    """The camera motion and HR size of pair `index` if the store knows them (synthetic camera
+    clips), else (None, None): such clips train the warp loss with zero flow."""
+    motion = getattr(store, "motion", None)
+    return motion(index) if motion is not None else (None, None)
 
 
 @dataclass
@@ -86,20 +94,31 @@ class PackedPairs:
     def pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         return self.clips.load_clip(*self.index[index])
 
+    def motion(self, index: int) -> tuple[dict | None, tuple[int, int] | None]:
+        """The clip's camera motion (photo and art clips) and HR size; None for cuts of real video."""
+        meta = self.clips.meta[self.index[index][0]]
+        return meta.get("motion"), tuple(meta["hr_hw"])  # type: ignore[return-value]
+
 
 class CropDataset(Dataset):
-    """Training items of a PairStore; item = (pair index, seed), so a batch depends only on its plan."""
+    """Training items of a PairStore; item = (pair index, seed), so a batch depends only on its plan.
+    With `flow`, each item also carries its crop's forward flow (flow.plan_flow)."""
 
-    def __init__(self, store: PairStore, crop: int, frames: int, scale: int) -> None:
-        self.store, self.crop, self.frames, self.scale = store, crop, frames, scale
+    def __init__(self, store: PairStore, crop: int, frames: int, scale: int, flow: bool = False) -> None:
+        self.store, self.crop, self.frames, self.scale, self.flow = store, crop, frames, scale, flow
 
     def __len__(self) -> int:
         return len(self.store)
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, ...]:
         index, seed = item
         lr, hr = self.store.pair(index)
-        return crop_pair(lr, hr, self.scale, self.crop, self.frames, np.random.default_rng(seed))
+        plan = draw_crop_plan(lr.shape[0], lr.shape[1], lr.shape[2], self.crop, self.frames, np.random.default_rng(seed))
+        pair = crop_pair(lr, hr, self.scale, self.crop, self.frames, None, plan=plan)
+        if not self.flow:
+            return pair
+        motion, hr_hw = pair_motion(self.store, index)
+        return (*pair, plan_flow(plan, self.scale, hr_hw or hr.shape[1:3], motion))
 
 
 def batch_plan(seed: int, step: int, n_clips: int, batch: int) -> list[tuple[int, int]]:
@@ -218,7 +237,7 @@ def train(store: PairStore, o: TrainOptions, log=print) -> dict:
     start_step = step
     weights = LossWeights(**o.loss)
     loader = DataLoader(
-        CropDataset(store, o.crop, o.frames, config.scale),
+        CropDataset(store, o.crop, o.frames, config.scale, flow=bool(weights.warp)),
         batch_sampler=_StepSampler(o.seed, step, o.steps, len(store), o.batch),
         num_workers=o.workers,
         pin_memory=device.type == "cuda",
@@ -232,9 +251,10 @@ def train(store: PairStore, o: TrainOptions, log=print) -> dict:
     ema_params, model_params = list(ema.parameters()), list(model.parameters())
     model.train()
     try:
-        for lr_clip, hr_clip in loader:
+        for lr_clip, hr_clip, *rest in loader:
             lr_clip = lr_clip.to(device, non_blocking=True)
             hr_clip = hr_clip.to(device, non_blocking=True)
+            flow = rest[0].to(device, non_blocking=True) if rest else None
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, o)
             static_pred = None
@@ -243,7 +263,7 @@ def train(store: PairStore, o: TrainOptions, log=print) -> dict:
                 if weights.static:  # half the batch again, as a static scene through fresh noise
                     gen = torch.Generator(device=device).manual_seed(o.seed * 1_000_003 + step)
                     static_pred = model(static_clip(lr_clip[: max(1, len(lr_clip) // 2)], STATIC_NOISE, gen))
-            loss, parts = vsr_loss(pred.float(), hr_clip, weights, static_pred)
+            loss, parts = vsr_loss(pred.float(), hr_clip, weights, static_pred, flow)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -1,0 +1,81 @@
+"""The camera clips' exact flow: it carries frame t+1 back onto frame t, through every crop and flip
+of training, and the warped temporal loss built on it scores only error that does not move along."""
+
+import numpy as np
+import pytest
+import torch
+
+from vsrq.train.data import CameraMotion, crop_pair, draw_crop_plan, render_camera_clip
+from vsrq.train.flow import camera_flows, plan_flow, warp_next, warped_temporal_l1
+
+MOTION = CameraMotion(0.6, (3.0, -2.0), (0.05, 0.02), 0.8, (0.1, 0.2), (0.3, 1.0), 0.01, 0.02, 0.005)
+
+
+@pytest.fixture(scope="module")
+def clip() -> np.ndarray:
+    g = torch.Generator().manual_seed(0)
+    img = torch.nn.functional.interpolate(torch.rand(1, 3, 60, 60, generator=g), size=(500, 500), mode="bicubic", align_corners=False)
+    return render_camera_clip(img[0].clamp(0, 1) * 255, MOTION, (250.0, 250.0), 8, (48, 48))
+
+
+def _residual(hr: torch.Tensor, flow: torch.Tensor) -> float:
+    """Mean |frame t - warped frame t+1| in code values over valid pixels."""
+    w, v = warp_next(hr[None], flow[None])
+    return float(((hr[None][:, :, :-1] - w).abs() * v).sum() / v.sum() / 3 * 255)
+
+
+def to_clip(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a)).permute(3, 0, 1, 2).float() / 255
+
+
+def test_flow_carries_the_next_frame_back_forward_and_backward(clip):
+    fwd, bwd = camera_flows(MOTION, range(8), (48, 48))
+    assert fwd.shape == bwd.shape == (7, 48, 48, 2)
+    hr = to_clip(clip)
+    still = _residual(hr, torch.zeros(2, 7, 48, 48))
+    moved = _residual(hr, torch.from_numpy(fwd).permute(3, 0, 1, 2))
+    back = _residual(hr.flip(1), torch.from_numpy(np.ascontiguousarray(bwd[::-1])).permute(3, 0, 1, 2))
+    assert still > 20 and moved < 0.1 * still and back < 0.1 * still
+    # a window of the frame has the flow of the whole frame there
+    fw, _ = camera_flows(MOTION, range(2, 5), (48, 48), window=(8, 4, 20, 24))
+    np.testing.assert_allclose(fw, fwd[2:4, 8:28, 4:28], atol=1e-5)
+
+
+def test_flow_follows_every_crop_flip_transpose_and_reversal(clip):
+    lr = clip[:, ::4, ::4]
+    seen = set()
+    for seed in range(24):
+        plan = draw_crop_plan(8, 12, 12, 8, 5, np.random.default_rng(seed))
+        seen.add(plan.flips)
+        _, hr = crop_pair(lr, clip, 4, 8, 5, None, plan=plan)
+        flow = plan_flow(plan, 4, (48, 48), MOTION.to_dict())
+        assert flow.shape == (2, 4, 32, 32)
+        assert _residual(hr, flow) < 0.1 * _residual(hr, torch.zeros_like(flow))
+    assert len(seen) >= 10  # the seeds exercised most flip combinations
+    # no motion known: zero flow of the crop's size
+    assert not plan_flow(plan, 4, (48, 48), None).any()
+
+
+def test_plan_draws_are_the_ones_crop_pair_always_made(clip):
+    lr = clip[:, ::4, ::4]
+    a = crop_pair(lr, clip, 4, 8, 5, np.random.default_rng(7))
+    plan = draw_crop_plan(8, 12, 12, 8, 5, np.random.default_rng(7))
+    b = crop_pair(lr, clip, 4, 8, 5, None, plan=plan)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_warped_temporal_loss_ignores_error_that_moves_with_the_picture():
+    x = torch.rand(1, 3, 4, 16, 16)
+    flow = torch.zeros(1, 2, 3, 16, 16)
+    flow[:, 0] = -1.0  # content moves 1 px left per frame: frame t+1 at x-1 is frame t at x
+    target = torch.stack([torch.roll(x[:, :, 0], -k, dims=-1) for k in range(4)], dim=2)
+    err = torch.rand(1, 3, 1, 16, 16) * 0.1
+    moving = target + torch.cat([torch.roll(err, -k, dims=-1) for k in range(4)], dim=2)
+    flicker = target + torch.rand(1, 3, 4, 16, 16) * 0.1
+    assert warped_temporal_l1(moving, target, flow) < 1e-6
+    assert warped_temporal_l1(flicker, target, flow) > 0.02
+    # with zero flow it is the plain temporal term
+    from vsrq.train.losses import temporal_l1
+
+    zero = torch.zeros_like(flow)
+    assert torch.allclose(warped_temporal_l1(flicker, target, zero), temporal_l1(flicker, target))
