@@ -1,0 +1,94 @@
+#!/usr/bin/env python
+"""Activation quantization by mode and kernel, and the W4A4 layer without a low-rank branch (H100).
+
+    PYTHONPATH=. python3 scripts/bench_act_modes.py [--out DIR]
+
+Why: `bench_kernels.py` times the act-quant kernels with smoothing and a r=32 low-rank
+down-projection (the SVDQuant layer), where the single-pass kernel lost to the two-pass one. The
+shipped recipe `rtn-a32` (and plain RTN) has no low-rank branch, so the single-pass kernel needs no
+`tl.dot` there; this script times each mode on both kernels (q checked equal), and the whole W4A4
+layer (act-quant + int8 GEMM + bias) for those modes against cuBLAS bf16, in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from triton.testing import do_bench
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vsrq.kernels import qgemm as qg  # noqa: E402
+from vsrq.kernels.act_quant import act_quant  # noqa: E402
+from vsrq.quant.pack import quantize_weight  # noqa: E402
+
+
+def ms(fn) -> float:
+    return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    lines, rows = [], []
+
+    def log(s: str) -> None:
+        print(s, flush=True)
+        lines.append(s)
+
+    p = torch.cuda.get_device_properties(0)
+    log(f"device {p.name}; torch {torch.__version__}")
+    m = 16384
+    for k, n in ((3072, 3072), (3072, 12288), (2560, 2560)):
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+        bias = torch.randn(n, device="cuda", dtype=torch.bfloat16) * 0.01
+        sm = torch.rand(k, device="cuda") + 0.5
+        ld = (torch.randn(k, 32, device="cuda") * 0.03).to(torch.bfloat16)
+        w4, s4, _ = quantize_weight(w.float(), 4, None, True, torch.float16)
+        out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+        t_bf16 = ms(lambda: F.linear(x, w, bias))
+        shape = f"M={m} K={k} N={n}"
+        log(f"{shape}: cuBLAS bf16 {t_bf16:.4f} ms; act-quant floor at 3 TB/s {m * k * 3 / 3e12 * 1e3:.4f} ms")
+        modes = {"plain": {}, "smooth": {"smooth": sm}, "smooth+r32": {"smooth": sm, "lora_down": ld}}
+        if n == k:  # the layer rows below
+            modes["group32"] = {"group_size": 32}
+        for name, kw in modes.items():
+            ref = act_quant(x, 4, single_pass=False, **kw)
+            for sp in (False, True):
+                if sp and "group_size" in kw:
+                    continue
+                got = act_quant(x, 4, single_pass=sp, **kw)
+                same = torch.equal(got.q, ref.q) and torch.equal(got.scale, ref.scale)
+                t = ms(lambda: act_quant(x, 4, single_pass=sp, **kw))
+                tag = "single-pass" if sp else "two-pass"
+                log(f"  act-quant {name:10s} {tag:11s} {t:.4f} ms  q/scale equal to two-pass: {same}")
+                rows.append({"shape": shape, "act": name, "kernel": tag, "ms": t, "equal": same})
+        for sp in (False, True):
+            aq = act_quant(x, 4, single_pass=sp)
+            t_g = ms(lambda: qg.qgemm(aq.q, aq.scale, w4, s4, bias=bias.float(), out=out))
+            t_l = ms(lambda: qg.qgemm(*(lambda r: (r.q, r.scale))(act_quant(x, 4, single_pass=sp)), w4, s4,
+                                      bias=bias.float(), out=out))
+            tag = "single-pass" if sp else "two-pass"
+            log(f"  W4A4 (per-token act, no low-rank): GEMM+bias {t_g:.4f} ms ({t_bf16 / t_g:.2f}x); "
+                f"layer with {tag} act {t_l:.4f} ms = {t_bf16 / t_l:.2f}x bf16")
+            rows.append({"shape": shape, "layer": f"plain W4A4, {tag} act", "ms": t_l, "gemm_ms": t_g,
+                         "bf16_ms": t_bf16, "speedup": t_bf16 / t_l})
+        del x, w, out
+        torch.cuda.empty_cache()
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    (Path(a.out) / "act_modes.log").write_text("\n".join(lines) + "\n")
+    (Path(a.out) / "act_modes.json").write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
