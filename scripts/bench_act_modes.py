@@ -82,7 +82,7 @@ def main() -> int:
                 f"layer with {tag} act {t_l:.4f} ms = {t_bf16 / t_l:.2f}x bf16")
             rows.append({"shape": shape, "layer": f"plain W4A4, {tag} act", "ms": t_l, "gemm_ms": t_g,
                          "bf16_ms": t_bf16, "speedup": t_bf16 / t_l})
-        del x, w, out
+        x = w = out = None  # noqa: F841 (free before the next shape)
         torch.cuda.empty_cache()
     Path(a.out).mkdir(parents=True, exist_ok=True)
     (Path(a.out) / "act_modes.log").write_text("\n".join(lines) + "\n")
