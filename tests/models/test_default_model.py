@@ -19,18 +19,25 @@ def test_default_model_is_packaged_and_verified(offline_models):
     assert fp.precision == "fp16" and fp.module.config == loaded.module.config
 
 
-def test_default_model_beats_bicubic_on_held_out_frames(bbb_path, offline_models):
+def test_default_model_beats_bicubic_on_held_out_frames_and_is_as_steady(bbb_path, offline_models):
     """bigbuckbunny is never trained on. Same protocol as the eval set (docs/MODELS.md): frames
-    reduced to 640x360, the mild degradation; here 8 frames and the whole frame."""
+    reduced to 640x360, the mild degradation; here 8 frames and the whole frame. Issue 3's two bars
+    in small: sharper than bicubic, and no more flicker than bicubic along the true motion."""
+    from vsrq.eval.metrics import warping_error
+
     with VideoReader(bbb_path) as r:
         frames = [f.image for _, f in zip(range(48), r.frames())][40:48]
     hr = resize_clip(np.stack(frames), (360, 640))
     lr = degrade_mild(np.ascontiguousarray(hr))
     up = ChunkUpscaler(load_model(None), UpscaleOptions(chunk=8, overlap=2, device="cpu"))
-    ours = psnr_y(upscale_clip(up, lr), hr, 4).mean
-    base = psnr_y(np.asarray(bicubic_upscale(lr)), hr, 4).mean
-    # measured 2026-11-23 on these frames: W4A4 default +0.32 dB, vsrq-tiny-fp16 +0.54 dB (docs/MODELS.md)
-    assert ours > base + 0.2, (ours, base)
+    out = upscale_clip(up, lr)
+    bic = np.asarray(bicubic_upscale(lr))
+    ours, base = psnr_y(out, hr, 4).mean, psnr_y(bic, hr, 4).mean
+    # measured 2026-11-24 on these frames: the default +0.24 dB, warping error 2.06 against bicubic's
+    # 2.19; the sixth-session default was +0.39 dB but 2.27 (docs/MODELS.md)
+    assert ours > base + 0.1, (ours, base)
+    steady, base_steady = warping_error(out, flow_frames=hr).mean, warping_error(bic, flow_frames=hr).mean
+    assert steady < base_steady, (steady, base_steady)
 
 
 def test_the_default_loads_inside_inference_mode(offline_models):
