@@ -19,7 +19,7 @@ from torch import nn
 
 from vsrq.bench import PRECISIONS, median_ms, parse_size
 from vsrq.pipeline.device import pick_device, pick_dtype
-from vsrq.pipeline.seedvr2 import SeedVR2Restorer, SeedVR2Settings, pad_frames_4n1
+from vsrq.pipeline.seedvr2 import SeedVR2Restorer, SeedVR2Settings, pad_frames_4n1, vae_tile_overlap
 from vsrq.pipeline.vram import tensor_bytes
 from vsrq.quant.calibrate import target_layers
 from vsrq.quant.checkpoint import set_module
@@ -114,7 +114,8 @@ def run_seedvr2_bench(*, preset: str, sizes: list[str], frames: int, precisions:
     """Bench SeedVR2 variants; `model` (a registry name or DiT path) loads real weights, None makes random ones."""
     dev = pick_device(device)
     dtype = pick_dtype(dev)
-    settings = SeedVR2Settings(scale=scale, vae_tile=vae_tile)
+    settings = SeedVR2Settings(scale=scale, vae_tile=vae_tile,
+                               **({"vae_tile_overlap": vae_tile_overlap(vae_tile)} if vae_tile else {}))
     compile = compile and dev.type == "cuda"
 
     def make() -> SeedVR2Restorer:

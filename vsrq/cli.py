@@ -115,7 +115,7 @@ def upscale(
     vae_tile: Optional[int] = typer.Option(None, "--vae-tile", help="SeedVR2: VAE tile side in output pixels (multiple of 16; 0 = whole frames), seams blended."),
     offload: bool = typer.Option(False, "--offload", help="SeedVR2: keep the DiT's blocks in host memory and stream them to the GPU one at a time (small cards)."),
     max_vram: Optional[float] = typer.Option(None, "--max-vram", help="SeedVR2 on CUDA: GiB of torch's GPU allocations to stay within (the CUDA context and allocator cache come on top); picks --chunk, --vae-tile and --offload from a measured estimate, overriding those options except --chunk."),
-    seed: int = typer.Option(0, "--seed", help="SeedVR2: seed of the diffusion noise (the same seed gives the same video)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="SeedVR2: seed of the diffusion noise (default 0; the same seed gives the same video)."),
     compile: bool = typer.Option(False, "--compile", help="SeedVR2 on CUDA: torch.compile the DiT blocks (about 2x faster DiT; 20-40 s once per frame size)."),
 ) -> None:
     """Upscale a video (or every video in a folder) with a one-step DiT VSR model; audio and subtitles are copied unchanged."""
@@ -126,8 +126,8 @@ def upscale(
         fail(f"--chunk must be at least 1, got {chunk}", 2)
     if overlap is not None and chunk is not None and not 0 <= overlap <= chunk // 2:
         fail(f"--overlap must be between 0 and half of --chunk ({chunk // 2}); got --chunk {chunk} --overlap {overlap}", 2)
-    if vae_tile is not None and (vae_tile < 0 or vae_tile % 16):
-        fail(f"--vae-tile must be 0 or a positive multiple of 16, got {vae_tile}", 2)
+    if vae_tile is not None:
+        _check_vae_tile(vae_tile)
     if max_vram is not None and not (math.isfinite(max_vram) and max_vram > 0):
         fail(f"--max-vram must be a positive number of GiB, got {max_vram}", 2)
     if max_vram is not None and (device == "cpu" or (device == "auto" and not _cuda_available())):
@@ -151,7 +151,7 @@ def upscale(
     # applied per file, once the file's size is known (pipeline/vram.py), so it sets no field here
     restorer = {"--colour-fix": ("colour_fix", colour_fix), "--vae-tile": ("vae_tile", vae_tile),
                 "--offload": ("offload_blocks", offload or None), "--max-vram": (None, max_vram),
-                "--seed": ("seed", seed or None), "--compile": ("compile", compile or None)}
+                "--seed": ("seed", seed), "--compile": ("compile", compile or None)}
     auto_chunk = chunk is None
     chunk, overlap = _configure_model(loaded, scale, chunk, overlap, restorer)
     opts = UpscaleOptions(chunk=chunk, overlap=overlap, tile=tile, tile_overlap=tile_overlap, outscale=scale,
@@ -161,6 +161,14 @@ def upscale(
         _run_batch(jobs, loaded, opts, enc, resume, space_check, quiet)
         return
     _upscale_one(input, output, loaded, opts, enc, resume, space_check, quiet)
+
+
+def _check_vae_tile(vae_tile: int) -> None:
+    """One rule for upscale and bench: smaller tiles would blend with no overlap (hard seams)."""
+    from vsrq.pipeline.seedvr2 import MIN_VAE_TILE
+
+    if vae_tile < 0 or vae_tile % 16 or 0 < vae_tile < MIN_VAE_TILE:
+        fail(f"--vae-tile must be 0 or a multiple of 16 from {MIN_VAE_TILE} up, got {vae_tile}", 2)
 
 
 def _cuda_available() -> bool:
@@ -174,6 +182,8 @@ def _configure_model(loaded: Any, scale: Optional[float], chunk: Optional[int], 
     """Apply the model-specific options (SeedVR2's) and fill chunk/overlap from the model's defaults."""
     from dataclasses import replace
 
+    from vsrq.pipeline.seedvr2 import vae_tile_overlap
+
     given_options = [name for name, (_, value) in restorer.items() if value is not None]
     settings = getattr(loaded.module, "settings", None)
     if given_options and settings is None:
@@ -182,8 +192,8 @@ def _configure_model(loaded: Any, scale: Optional[float], chunk: Optional[int], 
     given = {field: value for field, value in restorer.values() if field is not None and value is not None}
     pref_chunk, pref_overlap = getattr(loaded.module, "preferred_chunk", (8, 2))
     if settings is not None:
-        if given.get("vae_tile"):  # a quarter of the tile, in 16-pixel steps, at most the default
-            given["vae_tile_overlap"] = min(settings.vae_tile_overlap, given["vae_tile"] // 4 // 16 * 16)
+        if given.get("vae_tile"):
+            given["vae_tile_overlap"] = vae_tile_overlap(given["vae_tile"], settings.vae_tile_overlap)
         try:
             loaded.module.settings = replace(settings, **given, **({"scale": scale} if scale is not None else {}))
         except ValueError as exc:
@@ -433,8 +443,7 @@ def bench(
         plist = [p.strip() for p in precisions.split(",") if p.strip()]
         if not plist or any(p not in PRECISIONS for p in plist):
             fail(f"--precisions must use {', '.join(PRECISIONS)}; got {precisions!r}", 2)
-        if vae_tile < 0 or vae_tile % 16 or 0 < vae_tile <= 64:
-            fail(f"--vae-tile must be 0 or a multiple of 16 above the 64-pixel overlap, got {vae_tile}", 2)
+        _check_vae_tile(vae_tile)
         try:
             [parse_size(s.strip()) for s in sizes.split(",") if s.strip()]
         except ValueError as exc:

@@ -21,7 +21,7 @@ def test_seedvr2_upscale_then_quantize_and_upscale_again(short_bbb, tmp_path, mo
     files = tiny_seedvr2_files(tmp_path / "ckpts")
     out = tmp_path / "out.mp4"
     result = run_vsrq("upscale", str(short_bbb), str(out), "--model", str(files["weights"]), "--scale", "2",
-                      "--chunk", "9", "--overlap", "2", "--colour-fix", "adain", "--vae-tile", "48", "--quiet")
+                      "--chunk", "9", "--overlap", "2", "--colour-fix", "adain", "--vae-tile", "64", "--quiet")
     assert result.returncode == 0, result.stderr
     src, dst = probe(short_bbb), probe(out)
     assert (dst.width, dst.height) == (128, 72)
@@ -61,6 +61,10 @@ def test_seedvr2_options_on_another_model_are_one_line_errors(short_bbb, test_mo
     assert len(result.stderr.strip().splitlines()) == 1
     result = run_vsrq("upscale", str(short_bbb), str(tmp_path / "o.mp4"), "--vae-tile", "40")
     assert result.returncode == 2 and "multiple of 16" in result.stderr
+    result = run_vsrq("upscale", str(short_bbb), str(tmp_path / "o.mp4"), "--vae-tile", "48")  # would blend without overlap
+    assert result.returncode == 2 and "from 64 up" in result.stderr
+    result = run_vsrq("upscale", str(short_bbb), str(tmp_path / "o.mp4"), "--seed", "0")  # any seed, not just non-zero ones
+    assert result.returncode == 2 and "apply to SeedVR2 models only" in result.stderr
     result = run_vsrq("upscale", str(short_bbb), str(tmp_path / "o.mp4"), "--max-vram", "8", "--device", "cpu")
     assert result.returncode == 2 and "needs a CUDA device" in result.stderr
     files = tiny_seedvr2_files(tmp_path / "ckpts")

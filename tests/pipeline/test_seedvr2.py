@@ -182,3 +182,10 @@ def test_out_of_memory_in_a_seedvr2_chunk_is_one_line_of_advice(monkeypatch):
     with pytest.raises(VsrqError, match=r"out of memory on cpu; try --max-vram .*--vae-tile 512.*--offload") as err:
         up(torch.rand(1, 3, 5, 16, 24))
     assert "\n" not in str(err.value)
+
+
+def test_vae_tile_overlap_is_a_quarter_in_16_pixel_steps_and_never_zero_from_the_minimum():
+    from vsrq.pipeline.seedvr2 import MIN_VAE_TILE, vae_tile_overlap
+
+    assert vae_tile_overlap(MIN_VAE_TILE) == 16 and vae_tile_overlap(128) == 32 and vae_tile_overlap(512) == 64
+    assert all(vae_tile_overlap(t) >= 16 for t in range(MIN_VAE_TILE, 2048, 16))

@@ -35,6 +35,15 @@ TIMESTEP = 1000.0  # one step from pure noise: the trailing-uniform schedule wit
 COLOUR_FIX_FRAMES = 4  # frames colour-fixed at a time (bounds the fp32 copies the fix makes)
 
 
+MIN_VAE_TILE = 64  # smallest VAE tile side the CLI accepts: its blended overlap is then >= 16 pixels
+
+
+def vae_tile_overlap(tile: int, cap: int = 64) -> int:
+    """The blended overlap of VAE tiles of side `tile`: a quarter of it in 16-pixel steps, at most `cap`
+    (16 pixels from MIN_VAE_TILE up, so no tiling is left with hard seams)."""
+    return min(cap, tile // 4 // 16 * 16)
+
+
 @dataclass
 class SeedVR2Settings:
     """Knobs of a run; the CLI maps its options onto these."""
