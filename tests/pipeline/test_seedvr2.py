@@ -67,14 +67,25 @@ def test_restorer_output_size_range_and_seeded_determinism():
     assert not torch.equal(a, c)
 
 
-def test_vae_tiles_keep_the_output_shape():
+def test_vae_tiles_keep_the_output_shape_and_really_tile():
     r = restorer(scale=2.0)
     x = torch.rand(1, 3, 5, 24, 40)
     with torch.no_grad():
         whole = r(x)
         r.settings = replace(r.settings, vae_tile=32, vae_tile_overlap=16)
+        decode, seen = r.vae.decode, []
+        r.vae.decode = lambda z: (seen.append(tuple(z.shape[2:4])), decode(z))[1]  # z: (B, T', h, w, C)
         tiled = r(x)
     assert tiled.shape == whole.shape and torch.isfinite(tiled).all()
+    assert len(seen) > 1 and all(8 * h <= 32 and 8 * w <= 32 for h, w in seen), seen  # tiles, not the frame
+    # the blended tiles decode close to the whole latent (nearer than another latent's decode is)
+    lat = torch.randn(1, 2, 6, 10, 16, generator=torch.Generator().manual_seed(0))
+    other = torch.randn(1, 2, 6, 10, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        t = r.decode(lat)
+        r.settings = replace(r.settings, vae_tile=0)
+        w, o = r.decode(lat), r.decode(other)
+    assert float((t - w).abs().mean()) < 0.8 * float((o - w).abs().mean())
 
 
 def test_block_by_block_run_through_the_streamer_gives_the_same_result():
