@@ -236,10 +236,12 @@ def _scaled_int_gemm(
     rowsum: torch.Tensor | None,
     accumulate: str,
     amax_a: int | None = None,
+    owned: bool = False,
 ) -> torch.Tensor:
     """fp32 (M, N) y = sum_g (acc_g * sa[:, g]) * sw[:, g], acc_g the exact integer
     qa_g . (qw_g - z_g) (qa may be int8 or float32 holding integers).
     ``amax_a``: a known bound on |qa| (from its bit width), else qa is scanned for it.
+    ``owned``: qa may be overwritten (the per-group shortcut then scales it in place).
 
     Rounding is that of ``y = ((0 + v_0) + v_1) + ...`` with ``v_g = (fp32(acc_g) * s_a) * s_w``;
     only the accumulation dtype of acc_g depends on the bound (and it never changes acc_g).
@@ -253,7 +255,7 @@ def _scaled_int_gemm(
         raise ValueError(f"activation groups {ga} and weight groups {gw} are incompatible")
     gs = k // groups
     if ga > 1 and gw == 1 and wzero is None and accumulate == "auto":
-        return _act_group_gemm(qa, sa, qw, sw, gs)
+        return _act_group_gemm(qa, sa, qw, sw, gs, owned)
     # |partial sums of qa . qw| <= gs*A*W and |rowsum * z| <= gs*A*Z, so every intermediate
     # of acc = qa.qw - rowsum*z is bounded by gs*A*(W + Z)
     amax_z = _absmax_int(wzero)
@@ -292,7 +294,8 @@ def _scaled_int_gemm(
     return y
 
 
-def _act_group_gemm(qa: torch.Tensor, sa: torch.Tensor, qw: torch.Tensor, sw: torch.Tensor, gs: int) -> torch.Tensor:
+def _act_group_gemm(qa: torch.Tensor, sa: torch.Tensor, qw: torch.Tensor, sw: torch.Tensor, gs: int,
+                    owned: bool = False) -> torch.Tensor:
     """Per-group activation scales with per-channel symmetric weights: y = ((qa * sa) @ qw^T) * sw.
 
     One float32 GEMM of the dequantized activations with the integer weights instead of one
@@ -301,9 +304,14 @@ def _act_group_gemm(qa: torch.Tensor, sa: torch.Tensor, qw: torch.Tensor, sw: to
     fp32 GEMM (relative error ~1e-7 of |x| |w| sums), which is also how the GPU kernel, whose
     per-group partial sums are scaled in fp32 inside its K loop, differs from an exact sum.
     ``accumulate="float64"`` keeps the exact per-group sums (the definition; tests compare).
+    ``owned``: qa is a float32 tensor of the caller's that may be overwritten (saves an (M, K) buffer).
     """
     m, k = qa.shape
-    a = (qa.float().reshape(m, k // gs, gs) * sa.float()[:, :, None]).reshape(m, k)
+    s = sa.float()[:, :, None]
+    if owned and qa.dtype == torch.float32 and qa.is_contiguous() and not _needs_graph(qa, sa):
+        a = qa.view(m, k // gs, gs).mul_(s).view(m, k)
+    else:
+        a = (qa.float().reshape(m, k // gs, gs) * s).reshape(m, k)
     return (a @ qw.float().T).mul_(sw.float()[:, 0][None, :])
 
 
@@ -414,6 +422,6 @@ def quant_linear_ref(
     del xh
     # |q| <= 2^(bits-1) by construction: no scan of q for the exactness bound (any valid bound
     # gives the same integers, exact_gemm_plan)
-    y = _scaled_int_gemm(qf, sa, w_int, wscale, wzero, None, accumulate, amax_a=1 << (a_bits - 1))
+    y = _scaled_int_gemm(qf, sa, w_int, wscale, wzero, None, accumulate, amax_a=1 << (a_bits - 1), owned=True)
     del qf
     return _epilogue_ref(y, bias, low, lora_up, activation, gate, residual, out_dtype or x.dtype)

@@ -219,7 +219,10 @@ def quantize_act_groups(
     and scale (..., G) float32. ``clip_ratio`` must already be checked (``check_clip_ratio``).
     """
     qmin, qmax = int_range(bits, signed=True)
-    amax = xg.abs().amax(dim=-1)
+    if xg.requires_grad:  # (QAT) the gradient of |x|'s max; the same value as below
+        amax = xg.abs().amax(dim=-1)
+    else:  # max(max x, -min x) == max |x| exactly, without the |x| tensor: ~2x faster on the CPU
+        amax = torch.maximum(xg.amax(dim=-1), xg.amin(dim=-1).neg_())
     if clip_ratio != 1.0:  # amax * 1.0 == amax: skipping the multiply changes nothing
         amax = amax * clip_ratio
     scale = div_by_int(amax, qmax)
