@@ -736,6 +736,8 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=480.0, help="seconds after which timing stops")
     ap.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for bench.log / bench.json")
     args = ap.parse_args()
+    if args.skip_checks and (args.checks_only or args.quick):
+        ap.error("--skip-checks times the full bench; it does not combine with --checks-only or --quick")
     global LOG_FILE
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ def test_flow_carries_the_next_frame_back_forward_and_backward(clip):
     still = _residual(hr, torch.zeros(2, 7, 48, 48))
     moved = _residual(hr, torch.from_numpy(fwd).permute(3, 0, 1, 2))
     back = _residual(hr.flip(1), torch.from_numpy(np.ascontiguousarray(bwd[::-1])).permute(3, 0, 1, 2))
-    assert still > 20 and moved < 0.1 * still and back < 0.1 * still
+    assert still > 20 and moved < 0.05 * still and back < 0.05 * still  # measured ~0.027: bilinear resampling
     # a window of the frame has the flow of the whole frame there
     fw, _ = camera_flows(MOTION, range(2, 5), (48, 48), window=(8, 4, 20, 24))
     np.testing.assert_allclose(fw, fwd[2:4, 8:28, 4:28], atol=1e-5)
@@ -50,10 +50,53 @@ def test_flow_follows_every_crop_flip_transpose_and_reversal(clip):
         _, hr = crop_pair(lr, clip, 4, 8, 5, None, plan=plan)
         flow = plan_flow(plan, 4, (48, 48), MOTION.to_dict())
         assert flow.shape == (2, 4, 32, 32)
-        assert _residual(hr, flow) < 0.1 * _residual(hr, torch.zeros_like(flow))
+        assert _residual(hr, flow) < 0.05 * _residual(hr, torch.zeros_like(flow))
+        np.testing.assert_allclose(flow.numpy(), _numpy_plan_flow(plan), atol=1e-5)
     assert len(seen) >= 10  # the seeds exercised most flip combinations
     # no motion known: zero flow of the crop's size
     assert not plan_flow(plan, 4, (48, 48), None).any()
+
+
+def _numpy_plan_flow(plan, scale=4, size=(48, 48)):
+    """plan_flow written another way: the whole clip's flows, then crop / flips / reversal in (T, H, W, 2)."""
+    fwd, bwd = camera_flows(MOTION, range(8), size)
+    fwd, bwd = fwd[plan.t0:plan.t0 + plan.n - 1], bwd[plan.t0:plan.t0 + plan.n - 1]
+    if plan.c is not None:
+        ys, xs = slice(plan.y * scale, (plan.y + plan.c) * scale), slice(plan.x * scale, (plan.x + plan.c) * scale)
+        fwd, bwd = fwd[:, ys, xs], bwd[:, ys, xs]
+    if plan.flips[0]:
+        fwd, bwd = [np.stack([-a[:, :, ::-1, 0], a[:, :, ::-1, 1]], -1) for a in (fwd, bwd)]
+    if plan.flips[1]:
+        fwd, bwd = [np.stack([a[:, ::-1, :, 0], -a[:, ::-1, :, 1]], -1) for a in (fwd, bwd)]
+    if plan.flips[2] and fwd.shape[1] == fwd.shape[2]:
+        fwd, bwd = [np.stack([a[..., 1].transpose(0, 2, 1), a[..., 0].transpose(0, 2, 1)], -1) for a in (fwd, bwd)]
+    if plan.flips[3]:
+        fwd = bwd[::-1]
+    return np.ascontiguousarray(fwd.transpose(3, 0, 1, 2))
+
+
+def test_flow_of_whole_non_square_frames_and_an_unknown_motion():
+    g = torch.Generator().manual_seed(1)
+    img = torch.nn.functional.interpolate(torch.rand(1, 3, 60, 60, generator=g), size=(500, 500), mode="bicubic", align_corners=False)
+    clip = render_camera_clip(img[0].clamp(0, 1) * 255, MOTION, (250.0, 250.0), 8, (48, 64))
+    lr = clip[:, ::4, ::4]
+    for seed in range(6):
+        plan = draw_crop_plan(8, 12, 16, None, 6, np.random.default_rng(seed))
+        assert plan.c is None
+        _, hr = crop_pair(lr, clip, 4, None, 6, None, plan=plan)
+        flow = plan_flow(plan, 4, (48, 64), MOTION)
+        assert flow.shape == (2, 5, 48, 64)
+        assert _residual(hr, flow) < 0.05 * _residual(hr, torch.zeros_like(flow))
+    with pytest.raises(ValueError, match="does not fit"):
+        plan_flow(draw_crop_plan(8, 12, 16, 12, 6, None), 4, (40, 64), MOTION)  # an HR clip smaller than 4x the LR
+
+
+def test_warp_loss_needs_the_flow():
+    from vsrq.train.losses import LossWeights, vsr_loss
+
+    x = torch.rand(1, 3, 3, 8, 8)
+    with pytest.raises(ValueError, match="flow"):
+        vsr_loss(x, x, LossWeights(warp=1.0))
 
 
 def test_plan_draws_are_the_ones_crop_pair_always_made(clip):

@@ -314,6 +314,14 @@ def place_camera(rng: np.random.Generator, image_hw: tuple[int, int], motion: Ca
     return float(rng.uniform(lo_x, hi_x)), float(rng.uniform(lo_y, hi_y))
 
 
+def view_to_source(cx: float, cy: float, scale: float, angle: float, xx: Any, yy: Any) -> tuple[Any, Any]:
+    """Source-photo coordinates of view pixels at offsets (xx, yy) from the view centre (HR pixels),
+    for a camera centred on (cx, cy) with `scale` HR px per source px, rolled by `angle`. The one
+    camera model: the renderer samples through it, the training flow (flow.py) inverts it."""
+    c, s = math.cos(angle), math.sin(angle)
+    return cx + (c * xx - s * yy) / scale, cy + (s * xx + c * yy) / scale
+
+
 def render_camera_clip(image: np.ndarray | torch.Tensor, motion: CameraMotion, center: tuple[float, float], frames: int, size: tuple[int, int]) -> np.ndarray:
     """Render `frames` HR frames of `size` (H, W) through the camera, as uint8 (T, H, W, 3).
 
@@ -338,9 +346,7 @@ def render_camera_clip(image: np.ndarray | torch.Tensor, motion: CameraMotion, c
         ry, rx = nh / (wy1 - wy0), nw / (wx1 - wx0)  # exact per-axis scale of the resize
         # Output pixel offsets from the view centre, in HR pixels (pixel centres).
         yy, xx = torch.meshgrid(torch.arange(oh, dtype=torch.float64) - (oh - 1) / 2, torch.arange(ow, dtype=torch.float64) - (ow - 1) / 2, indexing="ij")
-        c, s = math.cos(ang), math.sin(ang)
-        sx = cx + (c * xx - s * yy) / sc  # source pixel coordinates
-        sy = cy + (s * xx + c * yy) / sc
+        sx, sy = view_to_source(cx, cy, sc, ang, xx, yy)  # source pixel coordinates
         ux = (sx - wx0 + 0.5) * rx  # -> resized-window coordinates (pixel edges at 0)
         uy = (sy - wy0 + 0.5) * ry
         grid = torch.stack([ux / nw * 2 - 1, uy / nh * 2 - 1], dim=-1)[None].float()

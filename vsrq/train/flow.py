@@ -14,16 +14,13 @@ frame t to where it is seen in frame t+1; backward flow B_t maps a pixel of fram
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vsrq.train.data import CameraMotion, CropPlan, camera_path
-
-
-def _rot(a: np.ndarray, px: np.ndarray, py: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    c, s = np.cos(a), np.sin(a)
-    return c * px - s * py, s * px + c * py
+from vsrq.train.data import CameraMotion, CropPlan, camera_path, view_to_source
 
 
 def camera_flows(motion: CameraMotion | dict, frames: range, hr_hw: tuple[int, int],
@@ -43,13 +40,14 @@ def camera_flows(motion: CameraMotion | dict, frames: range, hr_hw: tuple[int, i
 
     def to_source(k: int) -> tuple[np.ndarray, np.ndarray]:
         dx, dy, sc, ang = path[k]
-        rx, ry = _rot(ang, xx, yy)
-        return dx + rx / sc, dy + ry / sc
+        return view_to_source(dx, dy, sc, ang, xx, yy)
 
     def to_view(k: int, sx: np.ndarray, sy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The inverse of view_to_source: rotate back by -angle, scale up."""
         dx, dy, sc, ang = path[k]
-        px, py = _rot(-ang, sx - dx, sy - dy)
-        return px * sc, py * sc
+        c, s = math.cos(ang), math.sin(ang)
+        qx, qy = sx - dx, sy - dy
+        return (c * qx + s * qy) * sc, (-s * qx + c * qy) * sc
 
     fwd, bwd = [], []
     for k in range(len(path) - 1):
@@ -69,9 +67,10 @@ def plan_flow(plan: CropPlan, scale: int, hr_hw: tuple[int, int], motion: Camera
     h, w = hr_hw
     if plan.c is None:
         window = (0, 0, h, w)
-    else:
-        c = min(plan.c, h // scale, w // scale)
-        window = (plan.y * scale, plan.x * scale, c * scale, c * scale)
+    else:  # exactly the HR crop crop_pair takes
+        window = (plan.y * scale, plan.x * scale, plan.c * scale, plan.c * scale)
+        if window[0] + window[2] > h or window[1] + window[3] > w:
+            raise ValueError(f"crop {plan} at x{scale} does not fit the {h}x{w} clip")
     if motion is None:
         return torch.zeros(2, max(0, plan.n - 1), window[2], window[3])
     fwd, bwd = (torch.from_numpy(f).permute(3, 0, 1, 2) for f in camera_flows(motion, range(plan.t0, plan.t0 + plan.n), hr_hw, window))
