@@ -91,12 +91,19 @@ def test_flow_of_whole_non_square_frames_and_an_unknown_motion():
         plan_flow(draw_crop_plan(8, 12, 16, 12, 6, None), 4, (40, 64), MOTION)  # an HR clip smaller than 4x the LR
 
 
-def test_warp_loss_needs_the_flow():
+def test_warp_loss_needs_the_flow_and_can_leave_out_clips_of_unknown_motion():
     from vsrq.train.losses import LossWeights, vsr_loss
 
     x = torch.rand(1, 3, 3, 8, 8)
     with pytest.raises(ValueError, match="flow"):
         vsr_loss(x, x, LossWeights(warp=1.0))
+    target = torch.rand(2, 3, 3, 8, 8)
+    pred = target.clone()
+    pred[1] += torch.rand(3, 3, 8, 8) * 0.2  # only the second clip flickers
+    flow, known = torch.zeros(2, 2, 2, 8, 8), torch.tensor([1.0, 0.0])
+    _, both = vsr_loss(pred, target, LossWeights(warp=1.0), flow=flow, flow_known=known)
+    _, left_out = vsr_loss(pred, target, LossWeights(warp=1.0, warp_unknown=0.0), flow=flow, flow_known=known)
+    assert both["warp"] > 0.02 and left_out["warp"] == 0
 
 
 def test_plan_draws_are_the_ones_crop_pair_always_made(clip):

@@ -143,9 +143,9 @@ def test_warp_loss_trains_with_flow_from_the_store_and_zero_flow_without(tmp_pat
     from vsrq.train.trainer import CropDataset
 
     item = CropDataset(CameraStore(), 8, 4, 2, flow=True)[(0, 5)]
-    assert len(item) == 3 and item[2].shape == (2, 3, 16, 16) and item[2].abs().amax() > 0.4
+    assert len(item) == 4 and item[2].shape == (2, 3, 16, 16) and item[2].abs().amax() > 0.4 and item[3] == 1
     plain = CropDataset(ToyStore(), 8, 4, 2, flow=True)[(0, 5)]
-    assert not plain[2].any()
+    assert not plain[2].any() and plain[3] == 0
     assert len(CropDataset(ToyStore(), 8, 4, 2)[(0, 5)]) == 2  # no flow unless asked
     logs = []
     train(CameraStore(), opts(tmp_path, 3, loss={"warp": 1.0}), log=logs.append)

@@ -104,12 +104,17 @@ def warp_next(frames: torch.Tensor, flow: torch.Tensor) -> tuple[torch.Tensor, t
     return warped, valid
 
 
-def warped_temporal_l1(pred: torch.Tensor, target: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+def warped_temporal_l1(pred: torch.Tensor, target: torch.Tensor, flow: torch.Tensor,
+                       clip_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Mean |e_t - warp(e_{t+1})| over pixels whose motion stays in frame, e = pred - target: the
-    output's error must move with the picture, not stand still (with zero flow: `temporal_l1`)."""
+    output's error must move with the picture, not stand still (with zero flow: `temporal_l1`).
+    `clip_weight` (B,) weighs each clip's pixels (0 leaves a clip out)."""
     if pred.shape[2] < 2:
         return pred.new_zeros(())
     err = pred.float() - target.float()
     warped, valid = warp_next(err, flow.float())
+    valid = valid.float()
+    if clip_weight is not None:
+        valid = valid * clip_weight.float().view(-1, 1, 1, 1, 1)
     diff = (err[:, :, :-1] - warped).abs() * valid
     return diff.sum() / (valid.sum() * err.shape[1]).clamp_min(1)

@@ -54,13 +54,17 @@ class LossWeights:
     temporal: float = 0.5
     static: float = 0.0  # output change on a static noisy clip (static_clip); 0 = no extra forward pass
     warp: float = 0.0  # motion-compensated temporal term (flow.warped_temporal_l1); needs the clips' flow
+    warp_unknown: float = 1.0  # its weight on clips of unknown motion (zero flow: the in-place term); 0 = left out
 
 
 def vsr_loss(pred: torch.Tensor, target: torch.Tensor, w: LossWeights = LossWeights(),
-             static_pred: torch.Tensor | None = None, flow: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+             static_pred: torch.Tensor | None = None, flow: torch.Tensor | None = None,
+             flow_known: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted sum and its parts (detached 0-d tensors, so logging needs no device sync per step).
     `static_pred`: the model's output on a static_clip, scored by static_flicker (weight w.static);
-    `flow`: the clips' forward flow (B, 2, T-1, H, W), for the warped temporal term (weight w.warp)."""
+    `flow`: the clips' forward flow (B, 2, T-1, H, W), for the warped temporal term (weight w.warp);
+    `flow_known` (B,): 1 where the flow is the clip's true motion, 0 where it is a zero stand-in
+    (those clips count with weight w.warp_unknown)."""
     parts = {
         "pixel": charbonnier(pred, target),
         "frequency": frequency_l1(pred, target),
@@ -75,6 +79,10 @@ def vsr_loss(pred: torch.Tensor, target: torch.Tensor, w: LossWeights = LossWeig
             raise ValueError("the warp loss needs the clips' flow")
         from vsrq.train.flow import warped_temporal_l1
 
-        parts["warp"] = warped_temporal_l1(pred, target, flow)
+        per_clip = None
+        if flow_known is not None and w.warp_unknown != 1.0:
+            known = flow_known.float()
+            per_clip = known + (1.0 - known) * w.warp_unknown
+        parts["warp"] = warped_temporal_l1(pred, target, flow, per_clip)
         total = total + w.warp * parts["warp"]
     return total, {k: v.detach() for k, v in parts.items()}

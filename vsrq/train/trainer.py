@@ -102,7 +102,8 @@ class PackedPairs:
 
 class CropDataset(Dataset):
     """Training items of a PairStore; item = (pair index, seed), so a batch depends only on its plan.
-    With `flow`, each item also carries its crop's forward flow (flow.plan_flow)."""
+    With `flow`, each item also carries its crop's forward flow (flow.plan_flow) and whether that flow
+    is the clip's true motion (1.0) or a zero stand-in (0.0)."""
 
     def __init__(self, store: PairStore, crop: int, frames: int, scale: int, flow: bool = False) -> None:
         self.store, self.crop, self.frames, self.scale, self.flow = store, crop, frames, scale, flow
@@ -118,7 +119,8 @@ class CropDataset(Dataset):
         if not self.flow:
             return pair
         motion, hr_hw = pair_motion(self.store, index)
-        return (*pair, plan_flow(plan, self.scale, hr_hw or hr.shape[1:3], motion))
+        known = torch.tensor(float(motion is not None))
+        return (*pair, plan_flow(plan, self.scale, hr_hw or hr.shape[1:3], motion), known)
 
 
 def batch_plan(seed: int, step: int, n_clips: int, batch: int) -> list[tuple[int, int]]:
@@ -254,7 +256,8 @@ def train(store: PairStore, o: TrainOptions, log=print) -> dict:
         for lr_clip, hr_clip, *rest in loader:
             lr_clip = lr_clip.to(device, non_blocking=True)
             hr_clip = hr_clip.to(device, non_blocking=True)
-            flow = rest[0].to(device, non_blocking=True) if rest else None
+            flow, known = ((rest[0].to(device, non_blocking=True), rest[1].to(device, non_blocking=True))
+                           if rest else (None, None))
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, o)
             static_pred = None
@@ -263,7 +266,7 @@ def train(store: PairStore, o: TrainOptions, log=print) -> dict:
                 if weights.static:  # half the batch again, as a static scene through fresh noise
                     gen = torch.Generator(device=device).manual_seed(o.seed * 1_000_003 + step)
                     static_pred = model(static_clip(lr_clip[: max(1, len(lr_clip) // 2)], STATIC_NOISE, gen))
-            loss, parts = vsr_loss(pred.float(), hr_clip, weights, static_pred, flow)
+            loss, parts = vsr_loss(pred.float(), hr_clip, weights, static_pred, flow, known)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
