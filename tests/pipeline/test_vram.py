@@ -40,3 +40,67 @@ def test_the_plan_fits_the_budget_keeping_weights_resident_then_long_chunks_then
 def test_a_budget_below_the_smallest_plan_is_one_clear_error():
     with pytest.raises(VsrqError, match="too little for 1920x1080.*smallest plan"):
         choose(PROFILE, (1920, 1080), 0.5, None)
+
+
+class ScriptedMemory:
+    """Allocator readings of a made-up GPU: each stage needs a + b * units beyond the weights."""
+
+    def __init__(self, needs):
+        self.needs, self.calls, self.stage = needs, [], None
+
+    def start(self, device):
+        self.calls.append("start")
+        return 1000  # bytes already allocated (the weights): the profile must subtract them
+
+    def peak(self, device):
+        stage, units = self.stage
+        a, b = self.needs[stage]
+        return 1000 + a + b * units
+
+
+def test_measure_profile_probes_each_stage_twice_and_fits_the_lines(monkeypatch):
+    import torch
+
+    from tests.pipeline.test_seedvr2 import restorer
+    from vsrq.pipeline.vram import PROBE_SIDES, measure_profile
+
+    r = restorer()
+    needs = {"encode": (5e5, 40.0), "dit": (2e5, 900.0), "decode": (7e5, 60.0)}
+    mem = ScriptedMemory(needs)
+    for name in ("encode", "denoise", "decode"):  # tell the scripted allocator which stage runs, on what
+        orig = getattr(r, name)
+
+        def wrapped(x, _orig=orig, _name=name):
+            if _name == "encode":  # video (B, 3, T, H, W): pixels per frame
+                mem.stage = ("encode", x.shape[-1] * x.shape[-2])
+            elif _name == "denoise":
+                mem.stage = ("dit", x.shape[1] * (x.shape[2] // 2) * (x.shape[3] // 2))  # latent (B, T', h, w, C): 2x2 patches
+            else:
+                mem.stage = ("decode", (8 * x.shape[2]) * (8 * x.shape[3]))
+            return _orig(x)
+
+        monkeypatch.setattr(r, name, wrapped)
+    profile = measure_profile(r, torch.device("cpu"), torch.float32, memory=mem)
+    assert mem.calls == ["start"] * 6  # three stages at each of the two probe sizes
+    for stage, line in (("encode", profile.encode), ("dit", profile.dit), ("decode", profile.decode)):
+        a, b = needs[stage]
+        assert line.a == pytest.approx(a) and line.b == pytest.approx(b), stage
+    assert PROBE_SIDES == (128, 256)
+    weights = sum(t.numel() * t.element_size() for t in list(r.dit.parameters()) + list(r.dit.buffers()))
+    assert profile.dit_weights == weights and 0 < profile.dit_streamed <= weights
+
+
+def test_measure_profile_and_the_plan_need_cuda():
+    import torch
+
+    from tests.pipeline.test_seedvr2 import restorer
+    from vsrq.pipeline.vram import apply_memory_plan, measure_profile
+
+    with pytest.raises(VsrqError, match="CUDA"):
+        measure_profile(restorer(), torch.device("cpu"), torch.float32)
+
+    class Loaded:
+        module = torch.nn.Linear(2, 2)  # not a SeedVR2 model
+
+    with pytest.raises(VsrqError, match="SeedVR2 models only"):
+        apply_memory_plan(Loaded(), None, (64, 64), print)

@@ -100,42 +100,58 @@ def tensor_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+class CudaMemory:
+    """The allocator readings a probe needs; tests pass a scripted stand-in (no GPU in CI)."""
+
+    def start(self, device: torch.device) -> int:
+        """Settle the allocator, reset the peak; returns the bytes allocated before the stage."""
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device)
+
+    def peak(self, device: torch.device) -> int:
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device)
+
+
+PROBE_SIDES = (128, 256)  # square probe frames (output pixels), 5 frames each
+
+
 @torch.inference_mode()
-def measure_profile(restorer, device: torch.device, dtype: torch.dtype) -> MemoryProfile:
+def measure_profile(restorer, device: torch.device, dtype: torch.dtype, memory: CudaMemory | None = None) -> MemoryProfile:
     """Probe each stage at two small sizes on `device` (the model must be placed there)."""
-    if device.type != "cuda":
-        raise VsrqError("--max-vram needs a CUDA device")
+    if memory is None:
+        if device.type != "cuda":
+            raise VsrqError("--max-vram needs a CUDA device")
+        memory = CudaMemory()
     blocks = restorer.dit.blocks
     block_bytes = [tensor_bytes(list(b.parameters()) + list(b.buffers())) for b in blocks]
     dit_all = tensor_bytes(list(restorer.dit.parameters()) + list(restorer.dit.buffers()))
     other = tensor_bytes(list(restorer.vae.parameters()) + list(restorer.vae.buffers())) + tensor_bytes([restorer.text])
     probes = {}
-    for side in (128, 256):
+    for side in PROBE_SIDES:
         video = torch.rand(1, 3, 5, side, side, device=device, dtype=dtype) * 2 - 1
         row = {}
         for stage in ("encode", "dit", "decode"):
-            gc.collect()
-            torch.cuda.empty_cache()
-            torch.cuda.synchronize(device)
-            base = torch.cuda.memory_allocated(device)
-            torch.cuda.reset_peak_memory_stats(device)
+            base = memory.start(device)
             if stage == "encode":
                 latent = restorer.encode(video)
             elif stage == "dit":
                 clean = restorer.denoise(latent)
             else:
                 restorer.decode(clean)
-            torch.cuda.synchronize(device)
-            row[stage] = torch.cuda.max_memory_allocated(device) - base
+            row[stage] = memory.peak(device) - base
         probes[side] = (row, latent.shape[1] * (side // 16) ** 2)
         del video, latent, clean
-    (r1, tok1), (r2, tok2) = probes[128], probes[256]
+    (r1, tok1), (r2, tok2) = (probes[side] for side in PROBE_SIDES)
     return MemoryProfile(
         dit_weights=dit_all,
         dit_streamed=dit_all - sum(block_bytes) + 2 * max(block_bytes),
         other_weights=other,
-        encode=Linear.fit(128 * 128, r1["encode"], 256 * 256, r2["encode"]),
-        decode=Linear.fit(128 * 128, r1["decode"], 256 * 256, r2["decode"]),
+        encode=Linear.fit(PROBE_SIDES[0] ** 2, r1["encode"], PROBE_SIDES[1] ** 2, r2["encode"]),
+        decode=Linear.fit(PROBE_SIDES[0] ** 2, r1["decode"], PROBE_SIDES[1] ** 2, r2["decode"]),
         dit=Linear.fit(tok1, r1["dit"], tok2, r2["dit"]),
     )
 
