@@ -200,3 +200,29 @@ def test_vae_tile_overlap_is_a_quarter_in_16_pixel_steps_and_never_zero_from_the
 
     assert vae_tile_overlap(MIN_VAE_TILE) == 16 and vae_tile_overlap(128) == 32 and vae_tile_overlap(512) == 64
     assert all(vae_tile_overlap(t) >= 16 for t in range(MIN_VAE_TILE, 2048, 16))
+
+
+def test_streamer_points_a_block_back_at_its_host_tensors_after_an_error():
+    """An out-of-memory error mid-block must not leave the block on its lent copy (the retry at a
+    smaller tile reruns it). Lent copies are clones here, so they are distinct tensors on the CPU."""
+    import torch.nn as nn
+
+    class CloningStreamer(BlockStreamer):
+        def _upload(self, i):
+            return {k: v.clone() for k, v in self.host[i].items()}
+
+    blocks = nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 4)])
+    streamer = CloningStreamer(blocks, torch.device("cpu"))
+    host = [{k: v.data_ptr() for k, v in h.items()} for h in streamer.host]
+    seen = []
+
+    def step(i):
+        seen.append(blocks[i].weight.data_ptr() != host[i]["weight"])
+        if i == 1:
+            raise RuntimeError("out of memory (simulated)")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        streamer.run(step)
+    assert seen == [True, True]  # each block ran on its lent copy
+    assert all(blocks[i].weight.data_ptr() == host[i]["weight"] and blocks[i].bias.data_ptr() == host[i]["bias"]
+               for i in range(2))
