@@ -129,3 +129,24 @@ def test_warped_temporal_loss_ignores_error_that_moves_with_the_picture():
 
     zero = torch.zeros_like(flow)
     assert torch.allclose(warped_temporal_l1(flicker, target, zero), temporal_l1(flicker, target))
+
+
+def test_training_items_carry_the_flow_of_their_own_crop(clip):
+    """CropDataset draws one plan per item for frames and flow: the HR crop warps onto itself."""
+    from vsrq.train.trainer import CropDataset
+
+    class RenderedStore:
+        def __len__(self):
+            return 1
+
+        def pair(self, i):
+            return clip[:, ::4, ::4], clip
+
+        def motion(self, i):
+            return MOTION.to_dict(), (48, 48)
+
+    ds = CropDataset(RenderedStore(), 8, 5, 4, flow=True)
+    for seed in range(8):
+        _, hr, flow, known = ds[(0, seed)]
+        assert known == 1 and flow.shape == (2, 4, 32, 32)
+        assert _residual(hr, flow) < 0.05 * _residual(hr, torch.zeros_like(flow))
