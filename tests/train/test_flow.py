@@ -114,6 +114,25 @@ def test_plan_draws_are_the_ones_crop_pair_always_made(clip):
     assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
+def test_crop_pair_gives_the_crops_it_gave_before_the_plan_existed():
+    """Golden digest of crop_pair's outputs made with the code of 00ca68b (before CropPlan): training
+    runs of earlier sessions draw the same crops, flips and frames today."""
+    import hashlib
+
+    rng = np.random.default_rng(0)
+    lr = rng.integers(0, 256, (12, 16, 20, 3), dtype=np.uint8)
+    hr = rng.integers(0, 256, (12, 64, 80, 3), dtype=np.uint8)
+    lr2 = rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
+    hr2 = rng.integers(0, 256, (12, 64, 64, 3), dtype=np.uint8)
+    h = hashlib.sha256()
+    for seed in range(40):
+        for low, high in ((lr, hr), (lr2, hr2)):
+            for crop, frames in ((8, 6), (None, 5), (16, 12), (12, None)):
+                for x in crop_pair(low, high, 4, crop, frames, np.random.default_rng(seed)):
+                    h.update(x.numpy().tobytes())
+    assert h.hexdigest() == "49b6ebe10a8f240aa8792d87b2b4a28e288626d76a3c0234135475081287777b"
+
+
 def test_warped_temporal_loss_ignores_error_that_moves_with_the_picture():
     x = torch.rand(1, 3, 4, 16, 16)
     flow = torch.zeros(1, 2, 3, 16, 16)
