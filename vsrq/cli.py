@@ -119,7 +119,7 @@ def upscale(
     compile: bool = typer.Option(False, "--compile", help="SeedVR2 on CUDA: torch.compile the DiT blocks (about 2x faster DiT; 20-40 s once per frame size)."),
 ) -> None:
     """Upscale a video (or every video in a folder) with a one-step DiT VSR model; audio and subtitles are copied unchanged."""
-    from vsrq.models.loader import load_model
+    from vsrq.models.loader import is_seedvr2_model, load_model
     from vsrq.pipeline.upscale import EncodeOptions, UpscaleOptions
 
     if chunk is not None and chunk < 1:
@@ -146,12 +146,15 @@ def upscale(
     jobs = _batch_jobs(input, output, overwrite) if input.is_dir() else None
     if jobs is None:
         _check_paths(input, output, overwrite)
-    loaded = load_model(model)
     # SeedVR2's options: the settings field each sets and its value (None: not given); --max-vram is
     # applied per file, once the file's size is known (pipeline/vram.py), so it sets no field here
     restorer = {"--colour-fix": ("colour_fix", colour_fix), "--vae-tile": ("vae_tile", vae_tile),
                 "--offload": ("offload_blocks", offload or None), "--max-vram": (None, max_vram),
                 "--seed": ("seed", seed), "--compile": ("compile", compile or None)}
+    given_options = [name for name, (_, value) in restorer.items() if value is not None]
+    if given_options and is_seedvr2_model(model) is False:  # known before loading: fail at once
+        fail(f"{', '.join(given_options)} apply to SeedVR2 models only; {model or 'the default model'} is not one", 2)
+    loaded = load_model(model)
     auto_chunk = chunk is None
     chunk, overlap = _configure_model(loaded, scale, chunk, overlap, restorer)
     opts = UpscaleOptions(chunk=chunk, overlap=overlap, tile=tile, tile_overlap=tile_overlap, outscale=scale,

@@ -106,3 +106,19 @@ def test_seedvr2_bad_text_width_tiny_output_and_nan_budget_are_one_line_errors(s
     assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
     result = run_vsrq("upscale", str(short_bbb), str(out), "--max-vram", "nan")
     assert result.returncode == 2 and "positive number of GiB" in result.stderr
+
+
+def test_seedvr2_options_on_a_known_other_model_fail_before_loading_it(short_bbb, tmp_path, monkeypatch):
+    from vsrq.models.loader import is_seedvr2_model
+
+    assert is_seedvr2_model(None) is False and is_seedvr2_model("seedvr2-3b") is True
+    assert is_seedvr2_model(str(tmp_path / "missing.pth")) is None  # only loading would tell
+    files = tiny_seedvr2_files(tmp_path / "ckpts")
+    assert is_seedvr2_model(str(files["weights"])) is True
+
+    def no_load(name):
+        raise AssertionError("the model was loaded before the option check")
+
+    monkeypatch.setattr("vsrq.models.loader.load_model", no_load)
+    res = CliRunner().invoke(app, ["upscale", str(short_bbb), str(tmp_path / "o.mp4"), "--colour-fix", "adain"])
+    assert res.exit_code == 2 and "apply to SeedVR2 models only" in res.output, res.output

@@ -201,6 +201,21 @@ def _seedvr2_parts_for(path: Path, models: dict[str, ModelSpec]) -> dict[str, Pa
     return {"weights": path, **found}
 
 
+def is_seedvr2_model(name_or_path: str | None) -> bool | None:
+    """Whether a model is SeedVR2, told without loading it: from the registry, or from a safetensors
+    header; None when only loading would tell (pickled checkpoints, unknown names)."""
+    models, default = load_registry()
+    key = name_or_path or default
+    if key in models:
+        return models[key].arch == "seedvr2"
+    path = Path(key).expanduser()
+    if path.suffix == ".safetensors" and path.is_file():
+        from vsrq.models.seedvr2.load import is_seedvr2_dit_file
+
+        return is_seedvr2_dit_file(path)
+    return None
+
+
 def load_model(name_or_path: str | None) -> LoadedModel:
     """A registry name, a path to a checkpoint, or None for the default model.
 
