@@ -201,15 +201,31 @@ def _seedvr2_parts_for(path: Path, models: dict[str, ModelSpec]) -> dict[str, Pa
     return {"weights": path, **found}
 
 
-def is_seedvr2_model(name_or_path: str | None) -> bool | None:
-    """Whether a model is SeedVR2, told without loading it: from the registry, or from a safetensors
-    header; None when only loading would tell (pickled checkpoints, unknown names)."""
+def _resolve(name_or_path: str | None) -> tuple[dict[str, ModelSpec], str, Path | None]:
+    """(registry, key, path): `path` is None for a registry name; a key that is neither is an error."""
     models, default = load_registry()
     key = name_or_path or default
     if key in models:
-        return models[key].arch == "seedvr2"
+        return models, key, None
     path = Path(key).expanduser()
-    if path.suffix == ".safetensors" and path.is_file():
+    if path.suffix in {".safetensors", ".pth", ".pt", ".ckpt", ".bin"} or path.exists():
+        if not path.is_file():
+            raise ModelError(f"model file {path} does not exist")
+        return models, key, path
+    raise ModelError(f"unknown model {key!r}; known: {', '.join(sorted(models))} (or a path to a .safetensors file)")
+
+
+def is_seedvr2_model(name_or_path: str | None) -> bool | None:
+    """Whether a model is SeedVR2, told without loading it: from the registry, or from a safetensors
+    header; None when only loading would tell (pickled checkpoints, or a name that does not resolve,
+    whose error loading reports)."""
+    try:
+        models, key, path = _resolve(name_or_path)
+    except ModelError:
+        return None
+    if path is None:
+        return models[key].arch == "seedvr2"
+    if path.suffix == ".safetensors":
         from vsrq.models.seedvr2.load import is_seedvr2_dit_file
 
         return is_seedvr2_dit_file(path)
@@ -227,20 +243,14 @@ def load_model(name_or_path: str | None) -> LoadedModel:
 
 
 def _load_model(name_or_path: str | None) -> LoadedModel:
-    models, default = load_registry()
-    key = name_or_path or default
-    if key in models:
+    models, key, path = _resolve(name_or_path)
+    if path is None:
         spec = models[key]
         if spec.arch == "seedvr2":
             return load_seedvr2(key, resolve_files(spec), spec.config)
         return build_from_checkpoint(key, resolve_files(spec)["weights"], spec)
-    path = Path(key).expanduser()
-    if path.suffix in {".safetensors", ".pth", ".pt", ".ckpt", ".bin"} or path.exists():
-        if not path.is_file():
-            raise ModelError(f"model file {path} does not exist")
-        from vsrq.models.seedvr2.load import is_seedvr2_dit_file
+    from vsrq.models.seedvr2.load import is_seedvr2_dit_file
 
-        if is_seedvr2_dit_file(path):
-            return load_seedvr2(path.stem, _seedvr2_parts_for(path, models), {})
-        return build_from_checkpoint(path.stem, path)
-    raise ModelError(f"unknown model {key!r}; known: {', '.join(sorted(models))} (or a path to a .safetensors file)")
+    if is_seedvr2_dit_file(path):
+        return load_seedvr2(path.stem, _seedvr2_parts_for(path, models), {})
+    return build_from_checkpoint(path.stem, path)

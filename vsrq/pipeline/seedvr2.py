@@ -24,10 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vsrq.errors import InputError
 from vsrq.pipeline.colour_fix import COLOUR_FIXES, colour_fix
 from vsrq.pipeline.tiling import tiled_apply
-
-from vsrq.errors import InputError
 
 log = logging.getLogger(__name__)
 
