@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vsrq.bench import parse_size  # noqa: E402
 from vsrq.models.loader import load_model  # noqa: E402
+from vsrq.pipeline.allocator import keep_freed_memory  # noqa: E402
 
 
 def main() -> int:
@@ -33,6 +34,7 @@ def main() -> int:
     ap.add_argument("--table", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    keep_freed_memory()  # as the CLI does
     w, h = parse_size(a.size)
     x = torch.rand(1, 3, a.frames, h, w, generator=torch.Generator().manual_seed(0))
     for name in a.models:

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Literal, Optional
 import typer
 
 from vsrq.errors import VsrqError
+from vsrq.pipeline.allocator import keep_freed_memory
 
 app = typer.Typer(
     name="vsrq",
@@ -69,6 +70,7 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         _install_warning_lines()
+        keep_freed_memory()
         try:
             return fn(*args, **kwargs)
         except typer.Exit:
