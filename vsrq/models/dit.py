@@ -95,7 +95,8 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 def rope_3d(grid: Triple, head_dim: int, theta: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables (Tt*Ht*Wt, head_dim) for rotary embedding along t, h and w.
+    """cos and signed sin tables (Tt*Ht*Wt, head_dim) for rotary embedding along t, h and w
+    (see `apply_rope` for the sign).
 
     Each axis rotates head_dim // 6 frequency pairs; when head_dim is not a multiple of 6 (e.g. 128,
     as in SeedVR2-sized configs) the few pairs left over get angle 0, i.e. they are not rotated."""
@@ -113,14 +114,17 @@ def rope_3d(grid: Triple, head_dim: int, theta: float, device: torch.device) -> 
     if spare:
         tables.append(torch.zeros(*grid, spare, device=device))
     ang = torch.cat(tables, dim=-1).reshape(-1, head_dim // 2)
-    ang = torch.cat([ang, ang], dim=-1)
-    return ang.cos(), ang.sin()
+    sin = ang.sin()
+    return torch.cat([ang, ang], dim=-1).cos(), torch.cat([-sin, sin], dim=-1)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half RoPE; x (..., L, head_dim), cos/sin broadcastable to x."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE, x * cos + [-x2, x1] * sin, with the sign folded into the table
+    (`rope_3d`'s second output is [-sin, sin]): [x2, x1] * signed_sin is the same product
+    bit for bit and saves the negation pass. x (..., L, head_dim); tables broadcast to x."""
+    half = x.shape[-1] // 2
+    turned = torch.cat([x[..., half:], x[..., :half]], dim=-1).mul_(signed_sin)
+    return (x * cos).add_(turned)
 
 
 def _window_geometry(grid: Triple, window: Triple, shifted: bool) -> tuple[Triple, Triple, Triple]:
