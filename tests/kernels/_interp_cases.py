@@ -242,6 +242,63 @@ def _act_dispatch() -> str:
     return "ok"
 
 
+# ----------------------------------------------------------------------------- act_quant, whole-row tiles
+
+_TILE = {
+    "pertoken_b4_ragged": dict(m=37, k=200, bits=4),
+    "pertoken_b8_rows4_fp32": dict(m=19, k=96, bits=8, rows=4, dtype="float32"),
+    "group32_rowsum": dict(m=21, k=192, bits=4, group_size=32, rowsum_group=32),
+    "group16_smooth_k_not_pow2": dict(m=9, k=48, bits=4, group_size=16, smooth=True),
+    "pertoken_smooth_rowsum_fp16": dict(m=30, k=131, bits=4, smooth=True, rowsum_group=0, dtype="float16"),
+    "clip060_pertoken_heavy": dict(m=37, k=200, bits=4, clip=0.6, heavy=True),
+    "norm_modulate_pertoken": dict(m=37, k=200, bits=4, norm=True, mod=True),
+    "norm_modulate_group32_rows2": dict(m=25, k=96, bits=4, group_size=32, norm=True, mod=True, rows=2),
+    "norm_only_b8_rowsum": dict(m=17, k=64, bits=8, norm=True, rowsum_group=0),
+}
+
+
+def _tile_case(p: dict) -> str:
+    import torch
+
+    from vsrq.kernels.act_quant_tile import act_quant_tile, norm_act_quant, norm_modulate_ref
+    from vsrq.kernels.reference import act_quant_ref
+
+    dtype = getattr(torch, p.get("dtype", "bfloat16"))
+    x, _, sm = _lin_inputs(p["m"], p["k"], dtype, 0, seed=p["m"] * 5 + p["k"])
+    if p.get("heavy"):
+        g = torch.Generator().manual_seed(p["k"])
+        x = (torch.randn(p["m"], p["k"], generator=g) / (torch.rand(p["m"], p["k"], generator=g) + 0.05)).to(dtype)
+    kw = dict(bits=p["bits"], group_size=p.get("group_size"), smooth=sm if p.get("smooth") else None,
+              rowsum_group=p.get("rowsum_group"), clip_ratio=p.get("clip", 1.0))
+    cfg = {"ROWS": p.get("rows", 1), "num_warps": 4}
+    if p.get("norm"):
+        g = torch.Generator().manual_seed(p["k"] + 1)
+        shift = torch.randn(p["k"], generator=g) * 0.3 if p.get("mod") else None
+        scale = torch.randn(p["k"], generator=g) * 0.3 if p.get("mod") else None
+        got = norm_act_quant(x, 1e-6, shift, scale, config=cfg, **kw)
+        ref = act_quant_ref(norm_modulate_ref(x, 1e-6, shift, scale), **kw)
+    else:
+        poison = torch.full((p["m"], p["k"]), -128, dtype=torch.int8)
+        got = act_quant_tile(x, out_q=poison, config=cfg, **kw)
+        ref = act_quant_ref(x, **kw)
+    diff = (got.q.to(torch.int16) - ref.q.to(torch.int16)).abs()
+    if p.get("norm"):  # the row mean/variance sum in another order: a value may cross a rounding edge
+        assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) <= 0.005, f"q mismatch {int(diff.sum())}"
+        assert _rel(got.scale, ref.scale) < 1e-5, "scales differ"
+    else:
+        assert int(diff.max()) == 0, f"{int((diff > 0).sum())} q values differ"
+        assert torch.equal(got.scale, ref.scale), "scales differ"
+    if ref.rowsum is not None:
+        gs = p["rowsum_group"] or p["k"]
+        own = got.q.to(torch.int32).reshape(p["m"], -1, gs).sum(-1)
+        assert torch.equal(got.rowsum, own), "row sums disagree with the kernel's own q"
+    return f"max|dq|={int(diff.max())} off={int((diff > 0).sum())}"
+
+
+for _n, _p in _TILE.items():
+    case(f"act_quant_tile[{_n}]")(lambda _p=_p: _tile_case(_p))
+
+
 # ----------------------------------------------------------------------------- unpack
 
 

@@ -1,0 +1,166 @@
+#!/usr/bin/env python
+"""Whole-row act-quant kernel and LayerNorm + modulate + quantize fusion against the two-pass kernel (H100).
+
+    PYTHONPATH=. python3 scripts/bench_act_tile.py [--out DIR]
+
+Why: the two-pass act-quant kernel runs at ~40 % of the copy rate (docs/PERF.md, GPU run 4), and
+the W4A4 layer goal (>= 1.5x cuBLAS bf16) needs the quantization near its memory floor or folded
+into the op that produces x. In one run: (1) correctness of `act_quant_tile` / `norm_act_quant` on
+the GPU against the reference at the timed shapes (and ragged M); (2) act-quant time per mode and
+launch shape against the two-pass kernel and a bf16 -> int8 copy (the floor's traffic); (3)
+LayerNorm + modulate in bf16 torch ops against the fused kernel; (4) the layer both ways: bf16
+(LN + modulate + F.linear) against W4A4 (fused LN-modulate-quantize + int8 GEMM + bias), and the
+plain layer (act-quant + GEMM vs F.linear) with each act kernel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from triton.testing import do_bench
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vsrq.kernels import qgemm as qg  # noqa: E402
+from vsrq.kernels.act_quant import act_quant  # noqa: E402
+from vsrq.kernels.act_quant_tile import act_quant_tile, norm_act_quant, norm_modulate_ref, tile_config  # noqa: E402
+from vsrq.kernels.reference import act_quant_ref  # noqa: E402
+from vsrq.models.dit import modulate  # noqa: E402
+from vsrq.quant.pack import quantize_weight  # noqa: E402
+
+EPS = 1e-6
+
+
+def ms(fn) -> float:
+    return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
+
+
+def configs(k: int) -> list[dict]:
+    out = []
+    for rows in (1, 2, 4):
+        for warps in (2, 4, 8, 16):
+            per_thread = rows * (1 << (k - 1).bit_length()) // (32 * warps)
+            if 8 <= per_thread <= 64:
+                out.append({"ROWS": rows, "num_warps": warps})
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    lines: list[str] = []
+    rows: list[dict] = []
+
+    def log(s: str) -> None:
+        print(s, flush=True)
+        lines.append(s)
+
+    p = torch.cuda.get_device_properties(0)
+    log(f"device {p.name}; torch {torch.__version__}")
+    fails = 0
+
+    # (1) correctness at the timed shapes
+    for m, k in ((16384, 3072), (16384, 12288), (1000, 3072), (4099, 2560)):
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 2
+        sm = torch.rand(k, device="cuda") + 0.5
+        shift = torch.randn(k, device="cuda") * 0.3
+        scale = torch.randn(k, device="cuda") * 0.3
+        for name, kw in {"plain": {}, "group32": {"group_size": 32}, "smooth+rowsum": {"smooth": sm, "rowsum_group": 0},
+                         "group32+rowsum": {"group_size": 32, "rowsum_group": 32}}.items():
+            ref = act_quant_ref(x, 4, **kw)
+            got = act_quant_tile(x, 4, **kw)
+            ok = torch.equal(got.q, ref.q) and torch.equal(got.scale, ref.scale) and (
+                ref.rowsum is None or torch.equal(got.rowsum, ref.rowsum))
+            fails += not ok
+            log(f"check M={m} K={k} tile {name}: {'ok' if ok else 'FAILED'}")
+        for name, kw in {"norm+mod": {}, "norm+mod group32": {"group_size": 32}}.items():
+            ref = act_quant_ref(norm_modulate_ref(x, EPS, shift, scale), 4, **kw)
+            got = norm_act_quant(x, EPS, shift, scale, 4, **kw)
+            off = float((got.q != ref.q).float().mean())
+            dq = int((got.q.to(torch.int16) - ref.q.to(torch.int16)).abs().max())
+            srel = float(((got.scale - ref.scale).abs() / ref.scale).max())
+            ok = dq <= 1 and off <= 1e-3 and srel < 1e-5
+            fails += not ok
+            log(f"check M={m} K={k} {name}: {'ok' if ok else 'FAILED'} (q off by one: {off:.2e} of values, "
+                f"scale max rel diff {srel:.1e})")
+        del x
+    torch.cuda.empty_cache()
+
+    # (2) act-quant alone
+    m = 16384
+    for k in (3072, 12288):
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        q8 = torch.empty(m, k, device="cuda", dtype=torch.int8)
+        t_copy = ms(lambda: q8.copy_(x))
+        log(f"M={m} K={k}: bf16->int8 copy (the floor's traffic) {t_copy:.4f} ms "
+            f"({m * k * 3 / t_copy / 1e9:.2f} TB/s); default tile config {tile_config(k)}")
+        for name, kw in {"plain": {}, "group32": {"group_size": 32}}.items():
+            t2 = ms(lambda: act_quant(x, 4, **kw))
+            best = None
+            for cfg in configs(k):
+                t = ms(lambda: act_quant_tile(x, 4, config=cfg, **kw))
+                log(f"  {name:8s} tile {cfg}: {t:.4f} ms")
+                if best is None or t < best[0]:
+                    best = (t, cfg)
+            log(f"  {name:8s} two-pass {t2:.4f} ms; best tile {best[0]:.4f} ms {best[1]} = {t2 / best[0]:.2f}x faster, "
+                f"{t_copy / best[0]:.2f} of the copy rate")
+            rows.append({"k": k, "mode": name, "two_pass_ms": t2, "tile_ms": best[0], "tile_cfg": best[1],
+                         "copy_ms": t_copy})
+        del x, q8
+        torch.cuda.empty_cache()
+
+    # (3) + (4) LayerNorm + modulate + quantize, and the layer
+    for k, n in ((3072, 3072), (3072, 12288)):
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        shift = (torch.randn(1, k, device="cuda") * 0.3).to(torch.bfloat16)
+        scale = (torch.randn(1, k, device="cuda") * 0.3).to(torch.bfloat16)
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+        bias = torch.randn(n, device="cuda", dtype=torch.bfloat16) * 0.01
+        w4, s4, _ = quantize_weight(w.float(), 4, None, True, torch.float16)
+        out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+        biasf = bias.float()
+
+        def ln_mod():
+            return modulate(F.layer_norm(x, (k,), eps=EPS), shift, scale)
+
+        t_lnmod = ms(ln_mod)
+        t_lnmod_q2 = ms(lambda: act_quant(ln_mod(), 4))
+        t_fused = ms(lambda: norm_act_quant(x, EPS, shift, scale, 4))
+        t_lin = ms(lambda: F.linear(x, w, bias))
+        t_gemm = ms(lambda: qg.qgemm(*(lambda r: (r.q, r.scale))(act_quant_tile(x, 4)), w4, s4, bias=biasf, out=out))
+        aq = act_quant_tile(x, 4)
+        t_gemm_only = ms(lambda: qg.qgemm(aq.q, aq.scale, w4, s4, bias=biasf, out=out))
+        t_plain2 = ms(lambda: qg.qgemm(*(lambda r: (r.q, r.scale))(act_quant(x, 4)), w4, s4, bias=biasf, out=out))
+        t_bf16_blk = ms(lambda: F.linear(ln_mod(), w, bias))
+        t_w4_blk = ms(lambda: qg.qgemm(*(lambda r: (r.q, r.scale))(norm_act_quant(x, EPS, shift, scale, 4)), w4, s4,
+                                       bias=biasf, out=out))
+        shape = f"M={m} K={k} N={n}"
+        log(f"{shape}: LN+modulate bf16 torch {t_lnmod:.4f} ms; + two-pass quant {t_lnmod_q2:.4f}; "
+            f"fused LN-mod-quant {t_fused:.4f} ms")
+        log(f"  cuBLAS bf16 linear {t_lin:.4f} ms; W4A4 GEMM+bias alone {t_gemm_only:.4f} ({t_lin / t_gemm_only:.2f}x)")
+        log(f"  plain layer: tile act + GEMM {t_gemm:.4f} ms = {t_lin / t_gemm:.2f}x bf16; two-pass act + GEMM "
+            f"{t_plain2:.4f} = {t_lin / t_plain2:.2f}x")
+        log(f"  LN+modulate+linear: bf16 {t_bf16_blk:.4f} ms; W4A4 fused LN-mod-quant + GEMM {t_w4_blk:.4f} ms = "
+            f"{t_bf16_blk / t_w4_blk:.2f}x")
+        rows.append({"shape": shape, "lnmod_ms": t_lnmod, "lnmod_twopass_ms": t_lnmod_q2, "fused_ms": t_fused,
+                     "bf16_linear_ms": t_lin, "gemm_ms": t_gemm_only, "plain_tile_layer_ms": t_gemm,
+                     "plain_twopass_layer_ms": t_plain2, "bf16_block_ms": t_bf16_blk, "w4a4_block_ms": t_w4_blk})
+        del x, w, out
+        torch.cuda.empty_cache()
+    log(f"checks failed: {fails}")
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    (Path(a.out) / "act_tile.log").write_text("\n".join(lines) + "\n")
+    (Path(a.out) / "act_tile.json").write_text(json.dumps(rows, indent=1))
+    return 1 if fails else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
