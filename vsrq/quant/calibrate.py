@@ -30,6 +30,7 @@ class LayerStats:
     samples: list[torch.Tensor] = field(default_factory=list)
     tokens: int = 0
     chan_absmax: torch.Tensor | None = None  # (K,)
+    chan_absmax_clips: list[torch.Tensor] = field(default_factory=list)  # (K,) per calibration clip (forward)
     sum: torch.Tensor | None = None  # (K,) for the mean
     sumsq: torch.Tensor | None = None  # (K,) for the variance
     token_absmax: list[torch.Tensor] = field(default_factory=list)  # sampled per-token ranges
@@ -41,6 +42,13 @@ class LayerStats:
     def x(self) -> torch.Tensor:
         """The sampled input tokens (M, K), float32."""
         return torch.cat(self.samples) if self.samples else torch.empty(0, self.in_features)
+
+    def static_absmax(self) -> torch.Tensor | None:
+        """Per channel, the median over calibration clips of each clip's range: the channel
+        imbalance the clips share (ViDiT-Q's static part, here across clips); None without clips."""
+        if not self.chan_absmax_clips:
+            return None
+        return torch.quantile(torch.stack(self.chan_absmax_clips).float(), 0.5, dim=0)
 
     @property
     def variance(self) -> float:
@@ -131,6 +139,7 @@ def calibrate(model: nn.Module, layers: list[str], clips: Iterable[torch.Tensor]
             n = flat.shape[0]
             absmax = flat.abs().amax(0)
             st.chan_absmax = absmax if st.chan_absmax is None else torch.maximum(st.chan_absmax, absmax)
+            st.chan_absmax_clips.append(absmax)
             s, sq = flat.sum(0), (flat * flat).sum(0)
             st.sum = s if st.sum is None else st.sum + s
             st.sumsq = sq if st.sumsq is None else st.sumsq + sq

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vsrq.quant.binres import binary_k_for, branch_bits, fit_binary_residual
 from vsrq.quant.calibrate import LayerStats
 from vsrq.quant.pack import DEFAULT_CLIP_RATIOS, dequantize_weight, fake_quant_activation, fake_quant_weight, quantize_weight
 from vsrq.quant.qlinear import QuantLinear
@@ -34,6 +35,9 @@ class LayerChoice:
     bits_per_weight: float
     act_clip: float = 1.0
     a_bits: int = 0  # activation bits (0: not recorded, reports written before it existed)
+    binary_k: int = 0  # binary residual entries per output row (MPQ-DMv2-style branch)
+    weight_clip: float = 1.0  # weight range ratio chosen with the binary branch (1 = plain RTN)
+    smooth_stat: str | None = None  # which activation statistic the smoothing vector came from ("max" | "static")
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
@@ -66,7 +70,8 @@ def smoothing_vector(weight: torch.Tensor, act_absmax: torch.Tensor, alpha: floa
 
 
 def bits_per_weight(q: QuantLinear) -> float:
-    """Storage bits per weight of the layer: values, scales (16-bit), zero points, low-rank factors."""
+    """Storage bits per weight of the layer: values, scales (16-bit), zero points, low-rank factors,
+    smoothing vector (fp32) and the binary residual branch (indices, sign bits, fp16 row scales)."""
     n, k = q.out_features, q.in_features
     groups = q.wscale.shape[1]
     bits = n * k * q.w_bits + n * groups * 16
@@ -76,6 +81,7 @@ def bits_per_weight(q: QuantLinear) -> float:
         bits += (n + k) * q.rank * 16
     if q.smooth is not None:
         bits += k * 32
+    bits += branch_bits(q)
     return bits / (n * k)
 
 
@@ -86,6 +92,7 @@ def build(linear: nn.Linear, recipe: Recipe, *, group_size: int | None, rank: in
         linear, bits=recipe.w_bits, act_bits=recipe.a_bits, group_size=group_size, act_group_size=agroup,
         symmetric=recipe.symmetric, rank=rank,
         smooth=smooth, hadamard_block=hadamard_block, bias_align=recipe.bias_align is not None,
+        binary_k=binary_k_for(recipe.binary_residual, linear.in_features),
     )
 
 
@@ -130,6 +137,22 @@ def fit_layer_act_clip(linear: nn.Linear, q: QuantLinear, x: torch.Tensor) -> fl
     return best[1]
 
 
+def smoothing_statistics(stats: LayerStats, recipe: Recipe) -> dict[str, torch.Tensor]:
+    """Per-channel activation ranges a smoothing vector may be computed from.
+
+    "max": over every calibration token (SmoothQuant; ViDiT-Q's static scale calibrated over all
+    timesteps, on this one-timestep model over all clips). With ViDiT-Q's static-dynamic
+    balancing (`balance = "static-dynamic"`) also "static": per channel, the median over the
+    calibration clips of each clip's range, i.e. the imbalance the clips share; what one clip
+    has beyond it is left to the online rotation and the dynamic per-token scales."""
+    out = {"max": stats.chan_absmax}
+    if recipe.balance == "static-dynamic":
+        static = stats.static_absmax()
+        if static is not None:
+            out["static"] = static
+    return out
+
+
 def quantize_layer(linear: nn.Linear, stats: LayerStats, recipe: Recipe, *, group_size: int | None, rank: int) -> tuple[QuantLinear, LayerChoice]:
     """One layer through the recipe's steps; returns the module and what was chosen."""
     x = stats.x
@@ -141,24 +164,28 @@ def quantize_layer(linear: nn.Linear, stats: LayerStats, recipe: Recipe, *, grou
         alphas = (recipe.smooth_alpha,)
     elif recipe.smooth == "search":
         alphas = (None, *SMOOTH_ALPHAS)  # no smoothing stays a candidate: the search never makes a layer worse
-    best: tuple[float, QuantLinear, float | None] | None = None
-    for alpha in alphas:
-        sm = None if alpha is None else smoothing_vector(linear.weight, stats.chan_absmax, alpha)
+    ranges = smoothing_statistics(stats, recipe) if recipe.smooth else {}
+    candidates = [(a, st) for a in alphas for st in (ranges if a is not None else (None,))]
+    best: tuple[float, QuantLinear, float | None, str | None] | None = None
+    for alpha, stat in candidates:
+        sm = None if alpha is None else smoothing_vector(linear.weight, ranges[stat], alpha)
         q = build(linear, recipe, group_size=group_size, rank=rank, smooth=sm, hadamard_block=had)
         if rank and recipe.lowrank_init == "svd_error":
             lowrank_from_error(linear, q)
         mse, _ = layer_error(linear, q, x)
         if best is None or mse < best[0]:
-            best = (mse, q, alpha)
+            best = (mse, q, alpha, stat)
     assert best is not None
-    _, q, alpha = best
+    _, q, alpha, stat = best
+    wclip = fit_binary_residual(linear, q, x) if q.binary_k else 1.0
     clip = 1.0
     if recipe.act_clip == "draq":
         clip = fit_layer_act_clip(linear, q, x)
     if recipe.bias_align is not None:
         align_bias(linear, q, x)
     _, sqnr = layer_error(linear, q, x)
-    return q, LayerChoice(stats.name, q.group_size, q.rank, alpha, had, sqnr, bits_per_weight(q), clip, q.a_bits)
+    return q, LayerChoice(stats.name, q.group_size, q.rank, alpha, had, sqnr, bits_per_weight(q), clip, q.a_bits,
+                          q.binary_k, wclip, stat)
 
 
 def group_candidates(k: int) -> list[int | None]:

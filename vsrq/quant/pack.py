@@ -19,6 +19,9 @@ place where rounding, clamping and scale conventions are defined:
   zero point per (row, group): ``w ~ (q - z) * scale``.
 * packed int4: byte ``j`` of a row holds element ``2j`` in the low nibble and
   ``2j + 1`` in the high nibble (two's complement for signed values).
+* packed bits (the signs of the binary residual branch): bit ``b`` (least significant
+  first) of byte ``j`` holds element ``8j + b`` of the flattened tensor; the last byte is
+  padded with zeros.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ __all__ = [
     "round_half_up",
     "pack_int4",
     "unpack_int4",
+    "pack_bits",
+    "unpack_bits",
     "quantize_weight",
     "dequantize_weight",
     "quantize_activation",
@@ -113,6 +118,29 @@ def unpack_int4(packed: torch.Tensor, signed: bool = True) -> torch.Tensor:
         out[..., 0::2] = packed & 0xF
         out[..., 1::2] = packed >> 4
     return out
+
+
+def pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """Pack a bool tensor (any shape, flattened row-major) into uint8, eight values per byte,
+    least significant bit first; the last byte is zero-padded. 1 bit per stored value."""
+    if bits.dtype != torch.bool:
+        raise TypeError(f"pack_bits needs a bool tensor, got {bits.dtype}")
+    flat = bits.reshape(-1).to(torch.uint8)
+    pad = (-flat.numel()) % 8
+    if pad:
+        flat = torch.cat((flat, flat.new_zeros(pad)))
+    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=flat.device)
+    return (flat.reshape(-1, 8) * weights).sum(1, dtype=torch.int32).to(torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, count: int) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`: the first ``count`` values as a flat bool tensor."""
+    if packed.dtype != torch.uint8 or packed.dim() != 1:
+        raise TypeError(f"unpack_bits needs a 1-D uint8 tensor, got {packed.dtype} {tuple(packed.shape)}")
+    if not 0 <= count <= 8 * packed.numel():
+        raise ValueError(f"{count} bits do not fit in {packed.numel()} bytes")
+    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
+    return ((packed[:, None] >> shifts) & 1).reshape(-1)[:count].bool()
 
 
 # ----------------------------------------------------------------------------- weights

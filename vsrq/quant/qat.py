@@ -35,7 +35,8 @@ __all__ = ["FakeQuantLinear", "check_qat_recipe", "prepare_qat"]
 # Recipe fields that fit values on calibration data; QAT needs them at their "off" value. A new
 # data-fitted Recipe field must be added here, or QAT would accept it and train other numerics.
 _DATA_FITTED = {"smooth": None, "rank": 0, "act_clip": None, "bias_align": None, "refine": None,
-                "granularity_search": False, "mixed_budget": 0.0, "flicker_budget": 0.0}
+                "granularity_search": False, "mixed_budget": 0.0, "flicker_budget": 0.0,
+                "balance": None, "binary_residual": 0.0}
 
 
 def check_qat_recipe(recipe: Recipe) -> None:

@@ -23,6 +23,14 @@ which one ran.
 Calibration (smoothing, low-rank, learned bias alignment) is another module's job: it
 sets these buffers. ``from_linear`` here is plain round-to-nearest (RTN) with an
 optional SVD low-rank branch.
+
+Binary residual branch (MPQ-DMv2-style, ``vsrq.quant.binres``): ``binary_k`` > 0 entries
+per output row, y += x_hat D^T with D[n, bin_idx[n, j]] = +-bin_scale[n] (sign bits packed
+in ``bin_sign``). It is structure, so it is in ``qmeta`` (version 2, a 15th entry; layers
+without a branch still write version 1, bit for bit as before). It runs as a plain torch
+matmul of the transformed input with a cached dense D, after the main GEMM and before the
+activation / gate / residual epilogue, on every device: it is not fused into the Triton
+kernels (and such layers leave the opaque ``torch.compile`` op for the eager path).
 """
 
 from __future__ import annotations
@@ -33,15 +41,28 @@ import torch
 import torch.nn as nn
 
 from vsrq.kernels._triton import can_run_triton
-from vsrq.kernels.reference import hadamard_matrix, hadamard_scale, quant_linear_ref, unpack_int4_ref
-from vsrq.quant.pack import check_clip_ratio, dequantize_weight, pack_int4, quantize_weight
+from vsrq.kernels.reference import (
+    _epilogue_ref,
+    hadamard_matrix,
+    hadamard_scale,
+    quant_linear_ref,
+    transform_input,
+    unpack_int4_ref,
+)
+from vsrq.quant.pack import check_clip_ratio, dequantize_weight, pack_bits, pack_int4, quantize_weight, unpack_bits
 
-__all__ = ["QuantLinear"]
+__all__ = ["QuantLinear", "binary_index_dtype"]
 
-_QMETA_VERSION = 1
+_QMETA_VERSION = 1  # layers without a binary residual branch
+_QMETA_VERSION_BINARY = 2  # + binary_k (entries per row of the binary residual branch)
 _ACT_CODES = {None: 0, "gelu_tanh": 1}
 _ACT_NAMES = {v: k for k, v in _ACT_CODES.items()}
 _BACKENDS = ("auto", "triton", "reference")
+
+
+def binary_index_dtype(k: int) -> torch.dtype:
+    """Smallest integer container for column indices < k (what the file stores and bits/weight counts)."""
+    return torch.uint8 if k <= 256 else torch.int16 if k <= 32768 else torch.int32
 
 
 class QuantLinear(nn.Module):
@@ -71,6 +92,7 @@ class QuantLinear(nn.Module):
         scale_dtype: torch.dtype = torch.float16,
         cache_int8: bool = False,
         act_clip: float = 1.0,
+        binary_k: int = 0,
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
@@ -91,12 +113,15 @@ class QuantLinear(nn.Module):
             raise ValueError(f"rank {rank} must be in 0..min(in, out, 128)")
         if lowrank_dtype not in (torch.bfloat16, torch.float16):
             raise ValueError("lowrank_dtype must be bfloat16 or float16")
+        if not 0 <= binary_k <= k:
+            raise ValueError(f"binary_k {binary_k} must be in 0..in_features={k}")
         self.in_features, self.out_features = k, n
         self.w_bits, self.a_bits = int(w_bits), int(a_bits)
         self.group_size = None if group_size in (None, k) else int(group_size)
         self.act_group_size = None if agroup in (None, k) else int(agroup)
         self.symmetric = bool(symmetric)
         self.rank = int(rank)
+        self.binary_k = int(binary_k)
         self.hadamard_block = int(hadamard_block)
         self.activation = activation
         self.cache_int8 = bool(cache_int8)
@@ -123,6 +148,12 @@ class QuantLinear(nn.Module):
             "lora_down", torch.zeros(k, rank, dtype=lowrank_dtype, device=device) if rank else None
         )
         self.register_buffer("lora_up", torch.zeros(rank, n, dtype=lowrank_dtype, device=device) if rank else None)
+        bk = self.binary_k  # binary residual branch: column indices, packed signs, per-row scales
+        idx0 = torch.arange(bk, device=device).expand(n, bk).to(binary_index_dtype(k))  # valid (ascending); scale 0
+        self.register_buffer("bin_idx", idx0.contiguous() if bk else None)
+        self.register_buffer("bin_sign", torch.zeros((n * bk + 7) // 8, dtype=torch.uint8, device=device) if bk else None)
+        self.register_buffer("bin_scale", torch.zeros(n, dtype=torch.float16, device=device) if bk else None)
+        self._bin_cache: tuple[tuple, torch.Tensor] | None = None
         self.register_buffer("qmeta", self._meta_tensor(bias, smooth, bias_align, device))
         # DRAQ activation clip ratio (a value, not config: see the module doc)
         self.register_buffer(
@@ -142,7 +173,8 @@ class QuantLinear(nn.Module):
         are never touched by float casts anyway)."""
         super()._apply(fn, recurse)
         fixed = {"wscale": self._scale_dtype, "smooth": torch.float32, "bias": torch.float32,
-                 "lora_down": self._lowrank_dtype, "lora_up": self._lowrank_dtype, "act_clip": torch.float32}
+                 "lora_down": self._lowrank_dtype, "lora_up": self._lowrank_dtype, "act_clip": torch.float32,
+                 "bin_scale": torch.float16}
         for name, dt in fixed.items():
             t = self._buffers.get(name)
             if t is not None and t.dtype != dt:
@@ -150,6 +182,7 @@ class QuantLinear(nn.Module):
         if self.bias_align is not None and self.bias_align.dtype != torch.float32:
             self.bias_align.data = self.bias_align.data.float()
         self._w8_cache = None
+        self._bin_cache = None
         return self
 
     # ------------------------------------------------------------------ config <-> tensor
@@ -160,18 +193,25 @@ class QuantLinear(nn.Module):
             self.group_size or 0, self.act_group_size or 0, int(self.symmetric), self.rank,
             self.hadamard_block, int(bias), int(smooth), int(bias_align), _ACT_CODES[self.activation],
         ]
+        if self.binary_k:
+            vals[0] = _QMETA_VERSION_BINARY
+            vals.append(self.binary_k)
         return torch.tensor(vals, dtype=torch.int32, device=device)
 
     @staticmethod
     def config_from_meta(meta: torch.Tensor) -> dict:
         """Constructor kwargs encoded in a ``qmeta`` buffer (checkpoint -> module)."""
         v = [int(t) for t in meta.tolist()]
-        if v[0] != _QMETA_VERSION:
-            raise ValueError(f"unsupported QuantLinear qmeta version {v[0]}")
+        lengths = {_QMETA_VERSION: 14, _QMETA_VERSION_BINARY: 15}
+        if not v or v[0] not in lengths:
+            raise ValueError(f"unsupported QuantLinear qmeta version {v[0] if v else None}")
+        if len(v) != lengths[v[0]]:
+            raise ValueError(f"QuantLinear qmeta version {v[0]} has {lengths[v[0]]} entries, got {len(v)}")
         return dict(
             in_features=v[1], out_features=v[2], w_bits=v[3], a_bits=v[4], group_size=v[5] or None,
             act_group_size=v[6] or None, symmetric=bool(v[7]), rank=v[8], hadamard_block=v[9], bias=bool(v[10]),
             smooth=bool(v[11]), bias_align=bool(v[12]), activation=_ACT_NAMES[v[13]],
+            binary_k=v[14] if v[0] == _QMETA_VERSION_BINARY else 0,
         )
 
     @classmethod
@@ -206,6 +246,11 @@ class QuantLinear(nn.Module):
             except (TypeError, ValueError) as exc:
                 error_msgs.append(f"{clip_key}: {exc}")
                 return
+        if self.binary_k:
+            bad = self._check_binary_state(state_dict, prefix)
+            if bad:
+                error_msgs.append(bad)
+                return
         n_missing = len(missing_keys)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
@@ -216,7 +261,24 @@ class QuantLinear(nn.Module):
             with torch.no_grad():
                 self.act_clip.fill_(1.0)
         self._w8_cache = None
+        self._bin_cache = None
         self._clip_changed()
+
+    def _check_binary_state(self, state: Mapping[str, torch.Tensor], prefix: str) -> str | None:
+        """Why the binary-branch tensors of a state dict cannot be this layer's, or None.
+        Indices must be strictly increasing per row inside [0, K) (no duplicates: the dense
+        branch is built by a scatter) and scales finite and >= 0."""
+        idx, scale = state.get(prefix + "bin_idx"), state.get(prefix + "bin_scale")
+        if idx is None or scale is None:
+            return None  # reported as missing keys by torch
+        if idx.shape != self.bin_idx.shape or scale.shape != self.bin_scale.shape:
+            return f"{prefix}bin_idx / bin_scale: shapes {tuple(idx.shape)} / {tuple(scale.shape)} do not fit this layer"
+        i = idx.long()
+        if i.numel() and (int(i.min()) < 0 or int(i.max()) >= self.in_features or bool((i[:, 1:] <= i[:, :-1]).any())):
+            return f"{prefix}bin_idx: indices must be strictly increasing per row and inside [0, {self.in_features})"
+        if not bool(torch.isfinite(scale.float()).all()) or bool((scale.float() < 0).any()):
+            return f"{prefix}bin_scale: scales must be finite and >= 0"
+        return None
 
     # ------------------------------------------------------------------ construction
 
@@ -239,10 +301,13 @@ class QuantLinear(nn.Module):
         scale_dtype: torch.dtype = torch.float16,
         cache_int8: bool = False,
         act_clip: float = 1.0,
+        binary_k: int = 0,
     ) -> "QuantLinear":
         """RTN-quantize an ``nn.Linear``: W' = (W * smooth) H; low-rank = top-``rank`` SVD
         of W' (its 16-bit rounding is folded into the residual); the residual is quantized.
-        ``act_clip``: the activation clip ratio (DRAQ; fit it with ``pack.fit_act_clip``)."""
+        ``act_clip``: the activation clip ratio (DRAQ; fit it with ``pack.fit_act_clip``).
+        ``binary_k``: room for a binary residual branch, left empty (scales 0; fit it with
+        ``vsrq.quant.binres.fit_binary_residual``)."""
         w = linear.weight.detach().float()
         n, k = w.shape
         dev = w.device
@@ -251,7 +316,7 @@ class QuantLinear(nn.Module):
             act_group_size=act_group_size, symmetric=symmetric, rank=rank, smooth=smooth is not None,
             hadamard_block=hadamard_block, activation=activation, bias_align=bias_align,
             lowrank_dtype=lowrank_dtype, scale_dtype=scale_dtype, cache_int8=cache_int8, act_clip=act_clip,
-            device=dev,
+            binary_k=binary_k, device=dev,
         )
         if smooth is not None:
             sm = smooth.detach().float().to(dev)
@@ -302,6 +367,39 @@ class QuantLinear(nn.Module):
         if zero is not None:
             self.wzero.copy_(zero.to(torch.int8))
         self._w8_cache = None
+
+    @torch.no_grad()
+    def set_binary_residual(self, idx: torch.Tensor, positive: torch.Tensor, scale: torch.Tensor) -> None:
+        """Store the binary residual branch: column indices (N, binary_k), strictly increasing per
+        row; signs (N, binary_k) bool, True = +scale; per-row scales (N,) >= 0 (rounded to fp16)."""
+        n, bk = self.out_features, self.binary_k
+        if not bk:
+            raise ValueError("this layer has no binary residual branch (binary_k = 0)")
+        if idx.shape != (n, bk) or positive.shape != (n, bk) or scale.shape != (n,):
+            raise ValueError(f"expected idx and signs {(n, bk)} and scale {(n,)}")
+        state = {"bin_idx": idx.to(self.bin_idx.dtype), "bin_scale": scale.to(torch.float16)}
+        bad = self._check_binary_state(state, "")
+        if bad:
+            raise ValueError(bad)
+        self.bin_idx.copy_(state["bin_idx"])
+        self.bin_sign.copy_(pack_bits(positive.bool()))
+        self.bin_scale.copy_(state["bin_scale"])
+        self._bin_cache = None
+
+    def binary_weight(self) -> torch.Tensor:
+        """Dense float32 (N, K) D of the binary residual branch (zeros off its entries), cached
+        against the buffers' identity and version counters."""
+        ts = (self.bin_idx, self.bin_sign, self.bin_scale)
+        key = tuple((t.data_ptr(), t._version) for t in ts) + (self.bin_idx.device,)
+        if self._bin_cache is not None and self._bin_cache[0] == key:
+            return self._bin_cache[1]
+        n, k, bk = self.out_features, self.in_features, self.binary_k
+        pos = unpack_bits(self.bin_sign, n * bk).reshape(n, bk)
+        a = self.bin_scale.float()[:, None]
+        vals = torch.where(pos, a, -a)
+        d = torch.zeros(n, k, dtype=torch.float32, device=vals.device).scatter_(1, self.bin_idx.long(), vals)
+        self._bin_cache = (key, d)
+        return d
 
     # ------------------------------------------------------------------ activation clip
 
@@ -385,7 +483,7 @@ class QuantLinear(nn.Module):
         x2 = x.reshape(-1, k)
         g2 = None if gate is None else gate.reshape(-1, n)
         r2 = None if residual is None else residual.reshape(-1, n)
-        if torch.compiler.is_compiling() and x2.is_cuda and self.backend != "reference":
+        if torch.compiler.is_compiling() and x2.is_cuda and self.backend != "reference" and not self.binary_k:
             # one opaque op for torch.compile: the graph around it (norms, modulation, residuals)
             # is fused by inductor, the quantized linear runs our kernels as in eager mode
             from vsrq.kernels.linear import quant_linear_op
@@ -396,12 +494,16 @@ class QuantLinear(nn.Module):
                 k, self.packed, self.symmetric, self.a_bits, self.act_group_size or 0, self.hadamard_block,
                 self.activation or "", self.act_clip_float)
             return y.reshape(*lead, n)
+        binary = self.binary_k > 0  # its output joins before the activation / gate / residual epilogue
         common = dict(
             wzero=self.wzero, a_bits=self.a_bits, act_group=self.act_group_size, smooth=self.smooth,
             hadamard_block=self.hadamard_block, lora_down=self.lora_down, lora_up=self.lora_up,
-            bias=self.effective_bias(), activation=self.activation, out_dtype=x.dtype,
-            clip_ratio=self.act_clip_value(),
+            bias=self.effective_bias(), activation=None if binary else self.activation,
+            out_dtype=torch.float32 if binary else x.dtype, clip_ratio=self.act_clip_value(),
         )
+        epilogue = (g2, r2)
+        if binary:
+            g2 = r2 = None
         if self._use_triton(x2):
             from vsrq.kernels.linear import quant_linear
 
@@ -412,11 +514,22 @@ class QuantLinear(nn.Module):
             y = quant_linear(x2, self._int8_weight_triton(), self.wscale, gate=g2, residual=r2, **common)
         else:
             y = quant_linear_ref(x2, self.int_weight(), self.wscale, gate=g2, residual=r2, **common)
+        if binary:
+            y = self._add_binary(y, x2, *epilogue, x.dtype)
         return y.reshape(*lead, n)
+
+    def _add_binary(self, y: torch.Tensor, x2: torch.Tensor, gate: torch.Tensor | None,
+                    residual: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+        """fp32 main output + x_hat D^T, then the activation / gate / residual epilogue (torch)."""
+        xh = transform_input(x2, self.smooth, self.hadamard_block)
+        low = xh @ self.binary_weight().T
+        y = y + low if y.requires_grad or low.requires_grad else y.add_(low)
+        return _epilogue_ref(y, None, None, None, self.activation, gate, residual, out_dtype)
 
     def weight_bytes(self) -> int:
         """Bytes of the resident quantized weight (packed ints + scales + zeros + low-rank)."""
-        tensors = [self.qweight, self.wscale, self.wzero, self.lora_down, self.lora_up]
+        tensors = [self.qweight, self.wscale, self.wzero, self.lora_down, self.lora_up,
+                   self.bin_idx, self.bin_sign, self.bin_scale]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def extra_repr(self) -> str:
@@ -426,6 +539,7 @@ class QuantLinear(nn.Module):
             f"in={self.in_features}, out={self.out_features}, W{self.w_bits}A{self.a_bits}, "
             f"w_group={g}, a_group={ag}, symmetric={self.symmetric}, rank={self.rank}, "
             f"smooth={self.smooth is not None}, hadamard={self.hadamard_block}, act={self.activation}"
+            + (f", binary_k={self.binary_k}" if self.binary_k else "")
             + ("" if float(self.act_clip[0]) == 1.0 else f", act_clip={float(self.act_clip[0]):.4g}")
         )
 

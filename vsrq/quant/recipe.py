@@ -36,11 +36,20 @@ class Recipe:
     smooth: str | None = None  # None | "fixed" | "search"
     smooth_alpha: float = 0.5
     rotate: bool = False  # QuaRot-style block Hadamard on K (online for activations)
+    # ViDiT-Q's static-dynamic channel balancing: a static per-channel scale (smoothing) followed by
+    # the online rotation (dynamic). On this one-timestep model that pair is `smooth` + `rotate`
+    # (docs/QUANT.md); "static-dynamic" adds, as smoothing candidates, scales computed from the
+    # channel ranges the calibration clips share (median over clips) beside the all-token max
+    balance: str | None = None  # None | "static-dynamic" (needs smooth and rotate)
     # 16-bit low-rank branch (SVDQuant / QuantVSR / LSGQuant / MPQ-DMv2)
     rank: int = 0
     rank_alloc: str = "uniform"  # "uniform" | "stca" (by spatio-temporal complexity, QuantVSR)
     lowrank_init: str = "svd_weight"  # "svd_weight" (SVDQuant) | "svd_error" (MPQ-DMv2: SVD of W - Q(W))
     granularity_search: bool = False  # Q-DiT: per-layer weight group size chosen under a cost budget
+    # MPQ-DMv2-style binary residual branch (vsrq/quant/binres.py): this share of each quantized
+    # layer's weights (per output row round(share * K), at least 1) gets a +-scale correction of
+    # its quantization residual, the largest residuals of the row; the low-bit grid may then clip
+    binary_residual: float = 0.0  # share in [0, 0.25]; 0 = off
     act_clip: str | None = None  # None | "draq" (LSGQuant: per-layer activation range ratio fitted to token ranges)
     bias_align: str | None = None  # None | "mean" (closed form) | "learn" (LBA, QuantVSR)
     refine: str | None = None  # None | "qao" (LSGQuant) | "joint" (QuantVSR) | "lbq" (PassionSR boundaries)
@@ -75,6 +84,7 @@ class Recipe:
             "act_clip": (None, "draq"),
             "bias_align": (None, "mean", "learn"),
             "refine": (None, "qao", "joint", "lbq"),
+            "balance": (None, "static-dynamic"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -85,6 +95,16 @@ class Recipe:
             raise VsrqError(f"recipe {self.name!r}: flicker_budget is a share in (0, 1] and needs a_bits < flicker_bits <= 8")
         if self.rank < 0 or self.refine_steps < 0 or not 0 < self.refine_layers <= 1:
             raise VsrqError(f"recipe {self.name!r}: rank and refine_steps must be >= 0, refine_layers in (0, 1]")
+        if self.balance and not (self.smooth and self.rotate):
+            raise VsrqError(f"recipe {self.name!r}: balance = {self.balance!r} is ViDiT-Q's static scaling followed by "
+                            "the dynamic rotation: it needs smooth = 'fixed' or 'search' and rotate = true")
+        if isinstance(self.binary_residual, bool) or not isinstance(self.binary_residual, (int, float)) \
+                or not 0.0 <= self.binary_residual <= 0.25:
+            raise VsrqError(f"recipe {self.name!r}: binary_residual is the share of weights with a binary residual "
+                            f"entry, a number in [0, 0.25], got {self.binary_residual!r}")
+        if self.binary_residual and (self.refine or self.bias_align == "learn"):
+            raise VsrqError(f"recipe {self.name!r}: binary_residual cannot be combined with gradient refinement "
+                            "(refine, bias_align = 'learn'): refinement re-quantizes the weights without the branch")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -123,6 +143,12 @@ def _presets() -> dict[str, Recipe]:
         "joint": replace(base, name="joint", smooth="search", rank=16, bias_align="learn", refine="joint", refine_steps=200),
         "lbq": replace(base, name="lbq", refine="lbq", refine_steps=200),
         "mpq": replace(base, name="mpq", mixed_budget=4.5),
+        # MPQ-DMv2's binary residual branch on RTN: 2 % of each layer's weights (2 per row at K = 96)
+        "mpq-binary": replace(base, name="mpq-binary", binary_residual=0.02),
+        # ViDiT-Q's channel balancing reduced to one timestep (static smoothing + dynamic rotation), and
+        # with the static scale also drawn from the channel ranges the calibration clips share
+        "vidit-q": replace(base, name="vidit-q", smooth="search", rotate=True),
+        "vidit-balance": replace(base, name="vidit-balance", smooth="search", rotate=True, balance="static-dynamic"),
         # Combinations measured in docs/QUANT.md: every component that helped alone, without and
         # with a (small) low-rank branch, whose bits count heavily on narrow layers.
         "combo": replace(base, name="combo", smooth="search", rotate=True, act_clip="draq", bias_align="mean"),
