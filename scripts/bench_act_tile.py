@@ -5,7 +5,8 @@
 
 Why: the two-pass act-quant kernel runs at ~40 % of the copy rate (docs/PERF.md, GPU run 4), and
 the W4A4 layer goal (>= 1.5x cuBLAS bf16) needs the quantization near its memory floor or folded
-into the op that produces x. In one run: (1) correctness of `act_quant_tile` / `norm_act_quant` on
+into the op that produces x. In one run: (1) correctness of the tile kernel (`act_quant`'s default for
+the modes without rotation or low-rank) and `norm_act_quant` on
 the GPU against the reference at the timed shapes (and ragged M); (2) act-quant time per mode and
 launch shape against the two-pass kernel and a bf16 -> int8 copy (the floor's traffic); (3)
 LayerNorm + modulate in bf16 torch ops against the fused kernel; (4) the layer both ways: bf16
@@ -28,11 +29,12 @@ from triton.testing import do_bench
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vsrq.kernels import qgemm as qg  # noqa: E402
-from vsrq.kernels.act_quant import act_quant  # noqa: E402
-from vsrq.kernels.act_quant_tile import act_quant_tile, norm_act_quant, norm_modulate_ref, tile_config  # noqa: E402
+from vsrq.kernels.act_quant import act_quant, norm_act_quant  # noqa: E402
+from vsrq.kernels.act_quant_tile import modulation_vectors, norm_modulate_ref, tile_config  # noqa: E402
 from vsrq.kernels.reference import act_quant_ref  # noqa: E402
 from vsrq.models.dit import modulate  # noqa: E402
 from vsrq.quant.pack import quantize_weight  # noqa: E402
+from vsrq.quant.qlinear import QuantLinear  # noqa: E402
 
 EPS = 1e-6
 
@@ -71,19 +73,18 @@ def main() -> int:
     for m, k in ((16384, 3072), (16384, 12288), (1000, 3072), (4099, 2560)):
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 2
         sm = torch.rand(k, device="cuda") + 0.5
-        shift = torch.randn(k, device="cuda") * 0.3
-        scale = torch.randn(k, device="cuda") * 0.3
+        mod = modulation_vectors(torch.randn(k, device="cuda") * 0.3, torch.randn(k, device="cuda") * 0.3, k, x.device)
         for name, kw in {"plain": {}, "group32": {"group_size": 32}, "smooth+rowsum": {"smooth": sm, "rowsum_group": 0},
                          "group32+rowsum": {"group_size": 32, "rowsum_group": 32}}.items():
             ref = act_quant_ref(x, 4, **kw)
-            got = act_quant_tile(x, 4, **kw)
+            got = act_quant(x, 4, **kw)  # the default dispatch: the tile kernel for these modes
             ok = torch.equal(got.q, ref.q) and torch.equal(got.scale, ref.scale) and (
                 ref.rowsum is None or torch.equal(got.rowsum, ref.rowsum))
             fails += not ok
             log(f"check M={m} K={k} tile {name}: {'ok' if ok else 'FAILED'}")
         for name, kw in {"norm+mod": {}, "norm+mod group32": {"group_size": 32}}.items():
-            ref = act_quant_ref(norm_modulate_ref(x, EPS, shift, scale), 4, **kw)
-            got = norm_act_quant(x, EPS, shift, scale, 4, **kw)
+            ref = act_quant_ref(norm_modulate_ref(x, EPS, mod), 4, **kw)
+            got = norm_act_quant(x, EPS, mod, 4, **kw)
             off = float((got.q != ref.q).float().mean())
             dq = int((got.q.to(torch.int16) - ref.q.to(torch.int16)).abs().max())
             srel = float(((got.scale - ref.scale).abs() / ref.scale).max())
@@ -91,30 +92,32 @@ def main() -> int:
             fails += not ok
             log(f"check M={m} K={k} {name}: {'ok' if ok else 'FAILED'} (q off by one: {off:.2e} of values, "
                 f"scale max rel diff {srel:.1e})")
-        del x
+        x = None
     torch.cuda.empty_cache()
 
     # (2) act-quant alone
     m = 16384
     for k in (3072, 12288):
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-        q8 = torch.empty(m, k, device="cuda", dtype=torch.int8)
-        t_copy = ms(lambda: q8.copy_(x))
-        log(f"M={m} K={k}: bf16->int8 copy (the floor's traffic) {t_copy:.4f} ms "
-            f"({m * k * 3 / t_copy / 1e9:.2f} TB/s); default tile config {tile_config(k)}")
+        y = torch.empty_like(x)
+        t_copy = ms(lambda: y.copy_(x))  # bf16 -> bf16: 4 bytes per value, the act-quant moves 3
+        log(f"M={m} K={k}: bf16 copy {t_copy:.4f} ms ({m * k * 4 / t_copy / 1e9:.2f} TB/s); act-quant floor at that "
+            f"rate {t_copy * 3 / 4:.4f} ms")
         for name, kw in {"plain": {}, "group32": {"group_size": 32}}.items():
-            t2 = ms(lambda: act_quant(x, 4, **kw))
+            t2 = ms(lambda: act_quant(x, 4, single_pass=False, **kw))
+            t_auto = ms(lambda: act_quant(x, 4, **kw))
+            log(f"  {name:8s} act_quant default dispatch (tile, {tile_config(k)}): {t_auto:.4f} ms")
             best = None
             for cfg in configs(k):
-                t = ms(lambda: act_quant_tile(x, 4, config=cfg, **kw))
+                t = ms(lambda: act_quant(x, 4, config=cfg, **kw))
                 log(f"  {name:8s} tile {cfg}: {t:.4f} ms")
                 if best is None or t < best[0]:
                     best = (t, cfg)
             log(f"  {name:8s} two-pass {t2:.4f} ms; best tile {best[0]:.4f} ms {best[1]} = {t2 / best[0]:.2f}x faster, "
-                f"{t_copy / best[0]:.2f} of the copy rate")
+                f"{t_copy * 3 / 4 / best[0]:.2f} of the copy rate")
             rows.append({"k": k, "mode": name, "two_pass_ms": t2, "tile_ms": best[0], "tile_cfg": best[1],
-                         "copy_ms": t_copy})
-        del x, q8
+                         "default_ms": t_auto, "copy_ms": t_copy})
+        x = y = None  # noqa: F841 (free before the next shape)
         torch.cuda.empty_cache()
 
     # (3) + (4) LayerNorm + modulate + quantize, and the layer
@@ -131,18 +134,32 @@ def main() -> int:
         def ln_mod():
             return modulate(F.layer_norm(x, (k,), eps=EPS), shift, scale)
 
+        mod = modulation_vectors(shift, scale, k, x.device)  # once per layer, as the model would
         t_lnmod = ms(ln_mod)
         t_lnmod_q2 = ms(lambda: act_quant(ln_mod(), 4))
-        t_fused = ms(lambda: norm_act_quant(x, EPS, shift, scale, 4))
+        t_fused = ms(lambda: norm_act_quant(x, EPS, mod, 4))
         t_lin = ms(lambda: F.linear(x, w, bias))
-        t_gemm = ms(lambda: qg.qgemm(*(lambda r: (r.q, r.scale))(act_quant_tile(x, 4)), w4, s4, bias=biasf, out=out))
-        aq = act_quant_tile(x, 4)
+        t_gemm = ms(lambda: qg.qgemm(*(lambda r: (r.q, r.scale))(act_quant(x, 4)), w4, s4, bias=biasf, out=out))
+        aq = act_quant(x, 4)
         t_gemm_only = ms(lambda: qg.qgemm(aq.q, aq.scale, w4, s4, bias=biasf, out=out))
-        t_plain2 = ms(lambda: qg.qgemm(*(lambda r: (r.q, r.scale))(act_quant(x, 4)), w4, s4, bias=biasf, out=out))
+        t_plain2 = ms(lambda: qg.qgemm(*(lambda r: (r.q, r.scale))(act_quant(x, 4, single_pass=False)), w4, s4, bias=biasf, out=out))
         t_bf16_blk = ms(lambda: F.linear(ln_mod(), w, bias))
-        t_w4_blk = ms(lambda: qg.qgemm(*(lambda r: (r.q, r.scale))(norm_act_quant(x, EPS, shift, scale, 4)), w4, s4,
+        t_w4_blk = ms(lambda: qg.qgemm(*(lambda r: (r.q, r.scale))(norm_act_quant(x, EPS, mod, 4)), w4, s4,
                                        bias=biasf, out=out))
+        lin = torch.nn.Linear(k, n).float()  # QuantLinear quantizes from fp32 weights
+        with torch.no_grad():
+            lin.weight.copy_(w.float().cpu())
+            lin.bias.copy_(bias.float().cpu())
+        specs = {"r0": {}, "r0 a32": {"act_group_size": 32}, "smooth r32": {"rank": 32, "smooth": torch.rand(k) + 0.5}}
+        t_ql = {}
+        with torch.no_grad():
+            for tag, kw in specs.items():
+                ql = QuantLinear.from_linear(lin, bits=4, act_bits=4, **kw).cuda().to(torch.bfloat16)
+                t_ql[tag] = ms(lambda: ql(x))
+                ql = None
         shape = f"M={m} K={k} N={n}"
+        log(f"{shape}: QuantLinear module (unpack per call): " + ", ".join(
+            f"{tag} {t:.4f} ms = {t_lin / t:.2f}x bf16" for tag, t in t_ql.items()))
         log(f"{shape}: LN+modulate bf16 torch {t_lnmod:.4f} ms; + two-pass quant {t_lnmod_q2:.4f}; "
             f"fused LN-mod-quant {t_fused:.4f} ms")
         log(f"  cuBLAS bf16 linear {t_lin:.4f} ms; W4A4 GEMM+bias alone {t_gemm_only:.4f} ({t_lin / t_gemm_only:.2f}x)")
@@ -152,8 +169,9 @@ def main() -> int:
             f"{t_bf16_blk / t_w4_blk:.2f}x")
         rows.append({"shape": shape, "lnmod_ms": t_lnmod, "lnmod_twopass_ms": t_lnmod_q2, "fused_ms": t_fused,
                      "bf16_linear_ms": t_lin, "gemm_ms": t_gemm_only, "plain_tile_layer_ms": t_gemm,
-                     "plain_twopass_layer_ms": t_plain2, "bf16_block_ms": t_bf16_blk, "w4a4_block_ms": t_w4_blk})
-        del x, w, out
+                     "plain_twopass_layer_ms": t_plain2, "bf16_block_ms": t_bf16_blk, "w4a4_block_ms": t_w4_blk,
+                     "quantlinear_ms": t_ql})
+        x = w = out = None  # noqa: F841
         torch.cuda.empty_cache()
     log(f"checks failed: {fails}")
     Path(a.out).mkdir(parents=True, exist_ok=True)

@@ -69,6 +69,11 @@ _ACT = {
 
 
 def _act_case(p: dict) -> str:
+    """The default dispatch (the tile kernel where it applies) and the forced two-pass kernel."""
+    return "; ".join(f"{tag}: {_act_case_one(p, sp)}" for tag, sp in (("auto", None), ("two-pass", False)))
+
+
+def _act_case_one(p: dict, single_pass: bool | None) -> str:
     import torch
 
     from vsrq.kernels.act_quant import act_quant
@@ -83,12 +88,12 @@ def _act_case(p: dict) -> str:
     kw = dict(
         bits=p["bits"], group_size=p.get("group_size"), smooth=sm if p.get("smooth") else None,
         hadamard_block=p.get("hadamard_block", 0), lora_down=ld, rowsum_group=p.get("rowsum_group"),
-        clip_ratio=clip,
+        clip_ratio=clip, single_pass=single_pass,
     )
     qmax = (1 << (p["bits"] - 1)) - 1
     poison = torch.full((p["m"], p["k"]), -128, dtype=torch.int8)
     got = act_quant(x, out_q=poison, **kw)
-    ref = act_quant_ref(x, **kw)
+    ref = act_quant_ref(x, **{k: v for k, v in kw.items() if k != "single_pass"})
     if clip == 1.0:
         # |q| <= qmax by construction (scale = absmax / qmax), so -128 marks an unwritten value
         assert int(got.q.min()) >= -qmax, "unwritten (poisoned) q values"
@@ -202,44 +207,59 @@ for _n, _p in _ACT_SP.items():
 
 @case("act_quant_single_pass[dispatch]")
 def _act_dispatch() -> str:
-    """act_quant(single_pass=None) runs the two-pass kernel everywhere (measured faster on the H100)."""
+    """act_quant(single_pass=None) runs the tile kernel where it applies, else the two-pass kernel
+    (the single-pass kernel only when forced)."""
     import torch
 
     import vsrq.kernels.act_quant as aq
 
-    seen: list[bool] = []
-    real = aq._launch
+    seen: list[str] = []
+    real, real_tile = aq._launch, aq._launch_tile
 
     def spy(p, o, cfg, single_pass):
-        seen.append(single_pass)
+        seen.append("single" if single_pass else "two-pass")
         return real(p, o, cfg, single_pass)
 
+    def spy_tile(*a):
+        seen.append("tile")
+        return real_tile(*a)
+
     x, ld, sm = _lin_inputs(20, 192, torch.bfloat16, 8)
-    aq._launch = spy
+    aq._launch, aq._launch_tile = spy, spy_tile
     try:
         expect = {
-            "per-token smooth+lora": (dict(smooth=sm, lora_down=ld), False),
-            "per-token rowsum": (dict(rowsum_group=64), False),
-            "per-group": (dict(group_size=64), False),
-            "hadamard (two-pass by default)": (dict(hadamard_block=64), False),
+            "per-token smooth+lora": (dict(smooth=sm, lora_down=ld), "two-pass"),
+            "per-token smooth": (dict(smooth=sm), "tile"),
+            "per-token rowsum": (dict(rowsum_group=0), "tile"),
+            "per-token rowsum per 64": (dict(rowsum_group=64), "two-pass"),
+            "per-group": (dict(group_size=64), "tile"),
+            "per-group rowsum": (dict(group_size=64, rowsum_group=64), "tile"),
+            "hadamard": (dict(hadamard_block=64), "two-pass"),
+            "two-pass config": (dict(config={"BLOCK_M": 16, "BLOCK_K": 64, "num_warps": 4}), "two-pass"),
+            "forced two-pass": (dict(single_pass=False), "two-pass"),
+            "forced single pass": (dict(single_pass=True), "single"),
         }
         for name, (kw, want) in expect.items():
             seen.clear()
             aq.act_quant(x, 4, **kw)
-            assert seen == [want], f"{name}: single_pass={seen}"
-        wide = torch.randn(3, aq.SINGLE_PASS_MAX_K + 64).to(torch.bfloat16)
+            assert seen == [want], f"{name}: ran {seen}"
+        wide = torch.randn(3, aq.TILE_MAX_K + 64).to(torch.bfloat16)
         seen.clear()
         aq.act_quant(wide, 4)
-        assert seen == [False], f"K > {aq.SINGLE_PASS_MAX_K}: single_pass={seen}"
+        assert seen == ["two-pass"], f"K > {aq.TILE_MAX_K}: ran {seen}"
     finally:
-        aq._launch = real
+        aq._launch, aq._launch_tile = real, real_tile
     for bad in (dict(group_size=64), ):
         try:
             aq.act_quant(x, 4, single_pass=True, **bad)
         except ValueError:
             continue
         raise AssertionError(f"single_pass=True with {bad} did not raise")
-    return "ok"
+    try:
+        aq.norm_act_quant(x, 1e-6, rowsum_group=64)
+    except ValueError:
+        return "ok"
+    raise AssertionError("norm_act_quant with row sums per 64 of a per-token scale did not raise")
 
 
 # ----------------------------------------------------------------------------- act_quant, whole-row tiles
@@ -260,7 +280,8 @@ _TILE = {
 def _tile_case(p: dict) -> str:
     import torch
 
-    from vsrq.kernels.act_quant_tile import act_quant_tile, norm_act_quant, norm_modulate_ref
+    from vsrq.kernels.act_quant import act_quant, norm_act_quant
+    from vsrq.kernels.act_quant_tile import modulation_vectors, norm_modulate_ref
     from vsrq.kernels.reference import act_quant_ref
 
     dtype = getattr(torch, p.get("dtype", "bfloat16"))
@@ -271,15 +292,17 @@ def _tile_case(p: dict) -> str:
     kw = dict(bits=p["bits"], group_size=p.get("group_size"), smooth=sm if p.get("smooth") else None,
               rowsum_group=p.get("rowsum_group"), clip_ratio=p.get("clip", 1.0))
     cfg = {"ROWS": p.get("rows", 1), "num_warps": 4}
+    poison = torch.full((p["m"], p["k"]), -128, dtype=torch.int8)
     if p.get("norm"):
-        g = torch.Generator().manual_seed(p["k"] + 1)
-        shift = torch.randn(p["k"], generator=g) * 0.3 if p.get("mod") else None
-        scale = torch.randn(p["k"], generator=g) * 0.3 if p.get("mod") else None
-        got = norm_act_quant(x, 1e-6, shift, scale, config=cfg, **kw)
-        ref = act_quant_ref(norm_modulate_ref(x, 1e-6, shift, scale), **kw)
+        mod = None
+        if p.get("mod"):
+            g = torch.Generator().manual_seed(p["k"] + 1)
+            mod = modulation_vectors(torch.randn(p["k"], generator=g) * 0.3, torch.randn(p["k"], generator=g) * 0.3,
+                                     p["k"], x.device)
+        got = norm_act_quant(x, 1e-6, mod, out_q=poison, config=cfg, **kw)
+        ref = act_quant_ref(norm_modulate_ref(x, 1e-6, mod), **kw)
     else:
-        poison = torch.full((p["m"], p["k"]), -128, dtype=torch.int8)
-        got = act_quant_tile(x, out_q=poison, config=cfg, **kw)
+        got = act_quant(x, out_q=poison, config=cfg, **kw)
         ref = act_quant_ref(x, **kw)
     diff = (got.q.to(torch.int16) - ref.q.to(torch.int16)).abs()
     if p.get("norm"):  # the row mean/variance sum in another order: a value may cross a rounding edge

@@ -62,3 +62,21 @@ def opaque_i32(w, INTERP: tl.constexpr):
     if INTERP:
         return w
     return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [w], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def round_clamp(xf, inv_full, QMAX: tl.constexpr, INTERP: tl.constexpr):
+    """q = clamp(floor(x * (1/s) + 0.5), -QMAX-1, QMAX); the multiply is an explicit mul.rn so
+    the multiply and the add round separately, exactly as in torch (no FMA)."""
+    q = tl.floor(mul_rn(xf, inv_full, INTERP) + 0.5)
+    return tl.minimum(tl.maximum(q, -QMAX - 1.0), QMAX * 1.0)
+
+
+@triton.jit
+def safe_scale(amax, clip, QMAX: tl.constexpr):
+    """(scale, 1/scale) with IEEE divisions (one per row or group): torch computes the same.
+    scale = (amax * clip) / QMAX: the fp32 product rounds once (no fusion into the division),
+    as in torch; clip = 1.0 leaves amax unchanged."""
+    s = tl.math.div_rn(amax * clip, tl.full(amax.shape, QMAX, tl.float32))
+    s = tl.where(s > 0, s, 1.0)
+    return s, tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), s)

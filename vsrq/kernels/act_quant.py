@@ -23,12 +23,13 @@ import torch
 import triton
 import triton.language as tl
 
-from vsrq.kernels._jit import cast16, dot16, mul_rn, opaque_i32
+from vsrq.kernels._jit import cast16, dot16, mul_rn, opaque_i32, round_clamp, safe_scale
 from vsrq.kernels._triton import capability, device_index, interpreting, next_pow2, tune_once, tuned_items
+from vsrq.kernels.act_quant_tile import TILE_MAX_K, launch_tile
 from vsrq.kernels.reference import ActQuantResult, hadamard_matrix, hadamard_scale
 from vsrq.quant.pack import check_clip_ratio
 
-__all__ = ["act_quant", "row_configs", "row_chunk", "tuned_row_configs", "SINGLE_PASS_MAX_K"]
+__all__ = ["act_quant", "norm_act_quant", "tile_applies", "row_configs", "row_chunk", "tuned_row_configs", "SINGLE_PASS_MAX_K"]
 
 
 @triton.jit
@@ -66,24 +67,6 @@ def _load_xhat(x_ptr, stride_xm, smooth_ptr, had_ptr, rm, m_mask, k0, K, had_sca
     if HAD:
         xf = _rotate(xf, x, had_ptr, rb, had_scale, BLOCK_K, HAD_SPLIT, INTERP)
     return xf, k_mask
-
-
-@triton.jit
-def _round_clamp(xf, inv_full, QMAX: tl.constexpr, INTERP: tl.constexpr):
-    """q = clamp(floor(x * (1/s) + 0.5), -QMAX-1, QMAX); the multiply is an explicit mul.rn so
-    the multiply and the add round separately, exactly as in torch (no FMA)."""
-    q = tl.floor(mul_rn(xf, inv_full, INTERP) + 0.5)
-    return tl.minimum(tl.maximum(q, -QMAX - 1.0), QMAX * 1.0)
-
-
-@triton.jit
-def _safe_scale(amax, clip, QMAX: tl.constexpr):
-    """(scale, 1/scale) with IEEE divisions (one per row or group): torch computes the same.
-    scale = (amax * clip) / QMAX: the fp32 product rounds once (no fusion into the division),
-    as in torch; clip = 1.0 leaves amax unchanged."""
-    s = tl.math.div_rn(amax * clip, tl.full(amax.shape, QMAX, tl.float32))
-    s = tl.where(s > 0, s, 1.0)
-    return s, tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), s)
 
 
 @triton.jit
@@ -125,7 +108,7 @@ def _act_quant_kernel(
                 ld = tl.load(ld_ptr + (k0 + rb)[:, None] * stride_ldk + rr[None, :],
                              mask=k_mask[:, None] & (rr < R)[None, :], other=0.0)
                 hacc = dot16(cast16(xf, ld.dtype, INTERP), ld, hacc, INTERP)
-        scale, inv = _safe_scale(amax, clip, QMAX)
+        scale, inv = safe_scale(amax, clip, QMAX)
         tl.store(s_ptr + rm * stride_sm, scale, mask=m_mask)
         inv_full = tl.broadcast_to(inv[:, None], (BLOCK_M, BLOCK_K))
         rs_tot = tl.zeros((BLOCK_M,), dtype=tl.int32)
@@ -133,7 +116,7 @@ def _act_quant_kernel(
         for k0 in range(0, K, BLOCK_K):
             xf, k_mask = _load_xhat(x_ptr, stride_xm, smooth_ptr, had_ptr, rm, m_mask, k0, K, had_scale,
                                     BLOCK_K, HAS_SMOOTH, HAD, HAD_SPLIT, INTERP)
-            q = _round_clamp(xf, inv_full, QMAX, INTERP)
+            q = round_clamp(xf, inv_full, QMAX, INTERP)
             tl.store(q_ptr + rm[:, None] * stride_qm + (k0 + rb)[None, :], q.to(q_ptr.dtype.element_ty),
                      mask=m_mask[:, None] & k_mask[None, :])
             if WANT_ROWSUM:
@@ -154,11 +137,11 @@ def _act_quant_kernel(
             inv_full = tl.full((BLOCK_M, BLOCK_K), 1.0, dtype=tl.float32)
             for j in tl.static_range(BLOCK_K // GROUP):
                 in_g = ((rb // GROUP) == j)[None, :]
-                s_j, inv_j = _safe_scale(tl.max(tl.where(in_g, ax, 0.0), axis=1), clip, QMAX)
+                s_j, inv_j = safe_scale(tl.max(tl.where(in_g, ax, 0.0), axis=1), clip, QMAX)
                 col = k0 // GROUP + j
                 tl.store(s_ptr + rm * stride_sm + col, s_j, mask=m_mask & ((rm * 0 + col * GROUP) < K))
                 inv_full = tl.where(in_g, inv_j[:, None], inv_full)
-            q = _round_clamp(xf, inv_full, QMAX, INTERP)
+            q = round_clamp(xf, inv_full, QMAX, INTERP)
             tl.store(q_ptr + rm[:, None] * stride_qm + (k0 + rb)[None, :], q.to(q_ptr.dtype.element_ty),
                      mask=m_mask[:, None] & k_mask[None, :])
             if WANT_ROWSUM:
@@ -269,7 +252,7 @@ def _act_quant_row_kernel(
         if HAS_LORA:
             hacc = _lowrank_split(xf, hacc, ld_ptr, stride_ldk, j * BLOCK_K, K, R,
                                   BLOCK_M, BLOCK_K, BLOCK_R, SPLIT, INTERP)
-    scale, inv = _safe_scale(tl.max(amax_t, axis=1), clip, QMAX)
+    scale, inv = safe_scale(tl.max(amax_t, axis=1), clip, QMAX)
     tl.store(s_ptr + rm * stride_sm, scale, mask=m_mask)
     if HAS_LORA:
         h = tl.sum(hacc, axis=0)
@@ -282,7 +265,7 @@ def _act_quant_row_kernel(
         rk = j * BLOCK_K + rb
         xf = _row_xhat(xs[j], rm, j * BLOCK_K, K, smooth_ptr, had_ptr, had_scale,
                        BLOCK_M, BLOCK_K, X16, HAS_SMOOTH, HAD, HAD_SPLIT, INTERP)
-        q = _round_clamp(xf, inv_full, QMAX, INTERP)
+        q = round_clamp(xf, inv_full, QMAX, INTERP)
         tl.store(q_ptr + rm[:, None] * stride_qm + rk[None, :], q.to(q_ptr.dtype.element_ty),
                  mask=m_mask[:, None] & (rk < K)[None, :])
         if WANT_ROWSUM:
@@ -457,6 +440,12 @@ def single_pass_fits(p: _Plan, x: torch.Tensor) -> bool:
     return applies and not p.hadamard_block and any(_row_fits(p, c, x) for c in row_configs(p.arch, p.needs_dot))
 
 
+def tile_applies(p: _Plan) -> bool:
+    """Whether the whole-row kernel (`act_quant_tile`) computes this call: no rotation, no
+    low-rank branch, K <= TILE_MAX_K, and row sums per row or per the scale's groups."""
+    return not p.hadamard_block and not p.r and p.k <= TILE_MAX_K and (p.rs_group == 0 or p.rs_group == p.group)
+
+
 def _use_single_pass(p: _Plan, single_pass: bool | None, x: torch.Tensor) -> bool:
     """Dispatch. None: the two-pass kernel. Measured on the H100 (GPU run 3, docs/PERF.md) the
     single-pass kernel is about 2x *slower* (0.261 vs 0.126 ms at M=16384, K=3072, smooth +
@@ -587,18 +576,24 @@ def act_quant(
     layer does not recompile. A tensor is read once on the host (a device sync on CUDA:
     callers in a hot loop pass a float; QuantLinear caches it).
 
-    ``single_pass``: None and False run the two-pass kernel (measured faster on the H100);
-    True forces the row-resident kernel (x read once; raises for per-group scales or larger K). ``out_q`` lets
+    ``single_pass``: None picks the kernel: the whole-row tile kernel where `tile_applies`
+    (1.8-2.4x faster than two-pass on the H100, GPU run 5), else the two-pass kernel; False
+    forces the two-pass kernel; True the row-resident single-pass kernel (x read once; raises
+    for per-group scales or larger K). ``out_q`` lets
     callers pass the q buffer: a poisoned one (tests), or float8_e4m3fn for bits <= 5 (the
     operand of torch._scaled_mm; e4m3 conversion needs sm_89+ on a GPU); ``config`` pins BLOCK_M / BLOCK_K /
-    num_warps of the kernel that runs (single pass: BLOCK_K is the chunk width); without
-    it the single-pass kernel's config comes from a one-time tuner on the GPU.
+    num_warps of the kernel that runs (single pass: BLOCK_K is the chunk width; the tile kernel
+    takes ROWS / num_warps and runs only for a config with ROWS or none); without it the
+    single-pass kernel's config comes from a one-time tuner on the GPU.
     """
     p = _plan(x, bits, group_size, smooth, hadamard_block, lora_down, rowsum_group, clip_ratio)
     if x.stride(1) != 1:
         x = x.contiguous()
     o = _operands(x, p, smooth, lora_down, out_q)
     if p.m == 0:
+        return _result(p, o)
+    if single_pass is None and tile_applies(p) and (config is None or "ROWS" in config):
+        _launch_tile(p, o, config, None, None)
         return _result(p, o)
     row = _use_single_pass(p, single_pass, x)
     if config is not None:
@@ -614,3 +609,39 @@ def act_quant(
 def _result(p: _Plan, o: _Operands) -> ActQuantResult:
     return ActQuantResult(q=o.q, scale=o.scale, rowsum=o.rowsum if p.want_rs else None,
                           lowrank=o.low if p.r else None)
+
+
+def _launch_tile(p: _Plan, o: _Operands, config: dict | None, eps: float | None,
+                 mod: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+    launch_tile(o.x, o.q, o.scale, o.rowsum if p.want_rs else None, o.smooth if p.has_smooth else None, mod,
+                p.qmax, p.group, p.clip, eps, config)
+
+
+def norm_act_quant(
+    x: torch.Tensor,
+    eps: float,
+    mod: tuple[torch.Tensor, torch.Tensor] | None = None,
+    bits: int = 4,
+    group_size: int | None = None,
+    smooth: torch.Tensor | None = None,
+    rowsum_group: int | None = None,
+    clip_ratio: float | torch.Tensor = 1.0,
+    out_q: torch.Tensor | None = None,
+    config: dict | None = None,
+) -> ActQuantResult:
+    """Quantize LayerNorm(x) (no affine, ``eps``) * (1 + scale) + shift in one pass over x: the
+    DiT block's qkv / fc1 input, never written in 16 bits. ``mod`` = `modulation_vectors(shift,
+    scale, ...)`, made once per layer; None = LayerNorm alone. Numerics: `norm_modulate_ref` then
+    `act_quant_ref` (equal up to the summation order of the row mean and variance). The modes
+    of the tile kernel only (`tile_applies`): ValueError otherwise."""
+    p = _plan(x, bits, group_size, smooth, 0, None, rowsum_group, clip_ratio)
+    if not tile_applies(p):
+        raise ValueError(f"norm_act_quant: K <= {TILE_MAX_K} and row sums per row or per the scale's groups only")
+    if mod is not None and (mod[0].shape != (p.k,) or mod[1].shape != (p.k,) or mod[0].dtype != torch.float32):
+        raise ValueError("mod must be two fp32 (K,) vectors: modulation_vectors(shift, scale, K, device)")
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    o = _operands(x, p, smooth, None, out_q)
+    if p.m:
+        _launch_tile(p, o, config, float(eps), mod)
+    return _result(p, o)
