@@ -488,6 +488,66 @@ for _n, _p in _QLIN.items():
     case(f"quant_linear[{_n}]")(lambda _p=_p: _qlin_case(_p))
 
 
+# ----------------------------------------------------------------------------- QuantLinear with a fused LayerNorm
+
+_QNORM = {
+    "pertoken": dict(k=96, n=80),
+    "group32_gelu_asym": dict(k=128, n=72, act_group=32, asym=True, act="gelu_tanh"),
+    "smooth_b8_nomod": dict(k=64, n=48, abits=8, smooth=True, nomod=True),
+    "lead_dims_clip": dict(k=96, n=40, lead=(2, 3, 7), clip=0.8),
+}
+
+
+def _qnorm_case(p: dict) -> str:
+    import torch
+    import torch.nn.functional as F
+
+    from vsrq.quant.qlinear import QuantLinear
+
+    torch.manual_seed(p["k"] + p["n"])
+    lin = torch.nn.Linear(p["k"], p["n"])
+    ql = QuantLinear.from_linear(
+        lin, bits=4, act_bits=p.get("abits", 4), act_group_size=p.get("act_group"), symmetric=not p.get("asym"),
+        smooth=torch.rand(p["k"]) + 0.5 if p.get("smooth") else None, activation=p.get("act"),
+        act_clip=p.get("clip", 1.0))
+    lead = p.get("lead", (37,))
+    x = (torch.randn(*lead, p["k"]) * 3 + 1).to(torch.bfloat16)
+    shift = None if p.get("nomod") else torch.randn(p["k"]) * 0.3
+    scale = None if p.get("nomod") else torch.randn(p["k"]) * 0.3
+    xn = F.layer_norm(x.float(), (p["k"],), eps=1e-6)
+    if shift is not None:
+        xn = xn * (1 + scale) + shift
+    ql.backend = "reference"
+    assert ql.forward_normed(x, 1e-6, shift, scale) is None, "the reference backend must leave the norm to the caller"
+    ref = ql(xn)
+    ql.backend = "triton"
+    got = ql.forward_normed(x, 1e-6, shift, scale)
+    assert got is not None and got.shape == ref.shape == (*lead, p["n"]) and got.dtype == x.dtype
+    e = _rel(got.float(), ref.float())
+    assert e <= 1e-2, f"fused norm vs reference rel err {e}"
+    return f"rel={e:.1e}"
+
+
+for _n, _p in _QNORM.items():
+    case(f"quant_linear_normed[{_n}]")(lambda _p=_p: _qnorm_case(_p))
+
+
+@case("quant_linear_normed[declines]")
+def _qnorm_declines() -> str:
+    """Layers the whole-row kernel cannot serve return None (the model then normalizes itself)."""
+    import torch
+
+    from vsrq.quant.qlinear import QuantLinear
+
+    lin = torch.nn.Linear(64, 32)
+    x = torch.randn(5, 64).to(torch.bfloat16)
+    for kw in (dict(rank=8), dict(hadamard_block=32), dict(group_size=32, symmetric=False, act_group_size=None)):
+        ql = QuantLinear.from_linear(lin, bits=4, act_bits=4, **kw)
+        ql.backend = "triton"
+        assert ql.forward_normed(x, 1e-6, None, None) is None, f"{kw} was fused"
+    return "ok"
+
+
 # ----------------------------------------------------------------------------- runner
 
 

@@ -164,3 +164,34 @@ def test_rope_for_head_dims_not_a_multiple_of_six():
     assert sin6.abs().sum(0).gt(0).all()
     out = random_model(DiTConfig(dim=32, depth=2, heads=2, window=(2, 4, 4)))(torch.rand(1, 3, 2, 8, 8))
     assert torch.isfinite(out).all()
+
+
+def test_norm_linear_hands_the_norm_to_layers_that_can_fuse_it() -> None:
+    """norm_linear gives x itself to a layer with forward_normed (eps and the single modulation),
+    and composes LayerNorm + modulate + layer when it declines or the modulation differs per sample."""
+    from vsrq.models.dit import PreNorm, modulate, norm_linear
+
+    class Fusing(torch.nn.Linear):
+        def __init__(self, accept: bool) -> None:
+            super().__init__(8, 4)
+            self.accept, self.calls = accept, []
+
+        def forward_normed(self, x, eps, shift, scale):
+            self.calls.append((eps, shift.shape, scale.shape))
+            return torch.full((*x.shape[:-1], 4), 7.0) if self.accept else None
+
+    torch.manual_seed(0)
+    norm = torch.nn.LayerNorm(8, elementwise_affine=False, eps=1e-6)
+    x = torch.randn(1, 3, 5, 8)
+    one = PreNorm(norm, torch.randn(1, 8), torch.randn(1, 8))
+    layer = Fusing(True)
+    assert torch.equal(norm_linear(layer, one, x), torch.full((1, 3, 5, 4), 7.0))
+    assert layer.calls == [(1e-6, (8,), (8,))]
+    declining = Fusing(False)
+    want = torch.nn.functional.linear(modulate(norm(x), one.shift, one.scale), declining.weight, declining.bias)
+    assert torch.equal(norm_linear(declining, one, x), want) and len(declining.calls) == 1
+    per_sample = PreNorm(norm, torch.randn(2, 8), torch.randn(2, 8))
+    x2 = torch.randn(2, 3, 5, 8)
+    layer = Fusing(True)
+    want = torch.nn.functional.linear(modulate(norm(x2), per_sample.shift, per_sample.scale), layer.weight, layer.bias)
+    assert torch.equal(norm_linear(layer, per_sample, x2), want) and layer.calls == []

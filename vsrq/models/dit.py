@@ -246,11 +246,12 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
-        """x (B, nW, L, C) in window order -> same shape."""
+    def forward(self, x: torch.Tensor, layout: WindowLayout, norm: "PreNorm | None" = None) -> torch.Tensor:
+        """x (B, nW, L, C) in window order -> same shape; with ``norm`` x is normalized first."""
         b, nw, length, c = x.shape
         hd = c // self.heads
-        q, k, v = self.qkv(x).view(b, nw, length, 3, self.heads, hd).permute(3, 0, 1, 4, 2, 5).unbind(0)
+        qkv = self.qkv(x) if norm is None else norm_linear(self.qkv, norm, x)
+        q, k, v = qkv.view(b, nw, length, 3, self.heads, hd).permute(3, 0, 1, 4, 2, 5).unbind(0)
         # RoPE tables are per window (nW, 1, L, hd) and broadcast over the batch; SDPA gets 4D
         # (B*nW, heads, L, hd) tensors, which keeps it on its fused kernels.
         q = apply_rope(q, layout.cos, layout.sin).view(b * nw, self.heads, length, hd)
@@ -287,14 +288,39 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+    def forward(self, x: torch.Tensor, norm: "PreNorm | None" = None) -> torch.Tensor:
+        h = self.fc1(x) if norm is None else norm_linear(self.fc1, norm, x)
+        return self.fc2(F.gelu(h, approximate="tanh"))
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN: per-sample shift/scale (B, C) applied to tokens (B, ..., C)."""
     view = (shift.shape[0],) + (1,) * (x.dim() - 2) + (shift.shape[1],)
     return x * (1 + scale.view(view)) + shift.view(view)
+
+
+@dataclass(frozen=True)
+class PreNorm:
+    """The LayerNorm (no affine) and adaLN modulation in front of a block's first linear layer."""
+
+    norm: nn.LayerNorm
+    shift: torch.Tensor  # (B, C)
+    scale: torch.Tensor
+
+
+def norm_linear(layer: nn.Module, pre: PreNorm, x: torch.Tensor) -> torch.Tensor:
+    """layer(modulate(norm(x), shift, scale)).
+
+    Why not always that: a layer with a `forward_normed` method (QuantLinear on the GPU) applies
+    the norm and modulation inside its activation quantization, one pass over x instead of three
+    (docs/PERF.md, GPU run 5); it returns None where it cannot (CPU reference, rotations, low-rank
+    branches, one modulation per sample), and the plain composition runs."""
+    fused = getattr(layer, "forward_normed", None)
+    if fused is not None and pre.shift.shape[0] == 1 and pre.norm.weight is None:
+        y = fused(x, pre.norm.eps, pre.shift[0], pre.scale[0])
+        if y is not None:
+            return y
+    return layer(modulate(pre.norm(x), pre.shift, pre.scale))
 
 
 class DiTBlock(nn.Module):
@@ -323,8 +349,8 @@ class DiTBlock(nn.Module):
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None, layout: WindowLayout) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.shift_scale_gate(cond).chunk(6, dim=-1)
         gview = (gate1.shape[0], 1, 1, -1)
-        x = x + gate1.reshape(gview) * self.attn(modulate(self.norm1(x), shift1, scale1), layout)
-        x = x + gate2.reshape(gview) * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        x = x + gate1.reshape(gview) * self.attn(x, layout, PreNorm(self.norm1, shift1, scale1))
+        x = x + gate2.reshape(gview) * self.mlp(x, PreNorm(self.norm2, shift2, scale2))
         return x
 
 

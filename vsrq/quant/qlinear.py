@@ -43,6 +43,7 @@ import torch.nn as nn
 from vsrq.kernels._triton import can_run_triton
 from vsrq.kernels.reference import (
     _epilogue_ref,
+    gemm_group_size,
     hadamard_matrix,
     hadamard_scale,
     quant_linear_ref,
@@ -516,6 +517,46 @@ class QuantLinear(nn.Module):
             y = quant_linear_ref(x2, self.int_weight(), self.wscale, gate=g2, residual=r2, **common)
         if binary:
             y = self._add_binary(y, x2, *epilogue, x.dtype)
+        return y.reshape(*lead, n)
+
+    def forward_normed(self, x: torch.Tensor, eps: float, shift: torch.Tensor | None,
+                       scale: torch.Tensor | None) -> torch.Tensor | None:
+        """self(LayerNorm(x) * (1 + scale) + shift) (LayerNorm without affine, one (K,) modulation)
+        with the norm and modulation inside the activation kernel (`norm_act_quant`): x is read
+        once and the normalized activation never exists in 16 bits. Only on the Triton path and
+        for layers the whole-row kernel serves (no rotation, low-rank or binary branch, K <=
+        its limit, row sums per row or per activation group); None elsewhere, and the caller
+        composes norm, modulation and this layer itself (`vsrq.models.dit.norm_linear`). The
+        fused path computes the norm in fp32 without rounding to 16 bits in between, as the CPU
+        reference (an fp32 model) does."""
+        k, n = self.in_features, self.out_features
+        if self.binary_k or self.hadamard_block or self.rank or x.shape[-1] != k or not self._use_triton(x):
+            return None
+        from vsrq.kernels.act_quant_tile import TILE_MAX_K, modulation_vectors
+
+        ag = self.act_group_size if self.act_group_size not in (None, 0, k) else 0
+        gs = gemm_group_size(k, self.act_group_size, self.wscale.shape[1])
+        if k > TILE_MAX_K or (self.wzero is not None and gs not in (0, ag)):
+            return None
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, k)
+        if x2.stride(-1) != 1:
+            x2 = x2.contiguous()
+        mod = None if shift is None and scale is None else modulation_vectors(shift, scale, k, x.device)
+        if torch.compiler.is_compiling():
+            from vsrq.kernels.linear import quant_linear_op
+
+            y = quant_linear_op(
+                x2, self.qweight, self.wscale, self.wzero, self.smooth, None, None, self.effective_bias(), None, None,
+                k, self.packed, self.symmetric, self.a_bits, ag, 0, self.activation or "", self.act_clip_float,
+                float(eps), None if mod is None else mod[0], None if mod is None else mod[1])
+        else:
+            from vsrq.kernels.linear import quant_linear
+
+            y = quant_linear(x2, self._int8_weight_triton(), self.wscale, wzero=self.wzero, a_bits=self.a_bits,
+                             act_group=self.act_group_size, smooth=self.smooth, bias=self.effective_bias(),
+                             activation=self.activation, out_dtype=x.dtype, clip_ratio=self.act_clip_value(),
+                             norm=(float(eps), mod))
         return y.reshape(*lead, n)
 
     def _add_binary(self, y: torch.Tensor, x2: torch.Tensor, gate: torch.Tensor | None,
