@@ -5,8 +5,8 @@
 
 Why: with the activation pass at its memory floor (GPU run 5) the W4A4 layer and whole-DiT goals
 hang on the GEMM main loop (1.5-1.6x cuBLAS bf16 where ~1.8x is needed). This times the pointer,
-TMA and persistent kernels and their warp-specialized variants ("-ws", Triton's automatic warp
-specialization) on the same operands, each output checked equal to the plain TMA kernel's
+TMA and persistent kernels on the same operands (GPU run 7 also timed Triton's automatic warp
+specialization, since removed: docs/PERF.md), each output checked equal to the plain TMA kernel's
 (integer accumulation and the same fp32 epilogue: bit-identical whatever the tiling), next to
 cuBLAS bf16 and cuBLAS fp8 with scalar scales (a ceiling for a tensor-core GEMM on this chip).
 """
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vsrq.kernels import qgemm as qg  # noqa: E402
 from vsrq.quant.pack import quantize_weight  # noqa: E402
 
-IMPLS = ("ptr", "tma", "persistent", "tma-ws", "persistent-ws")
+IMPLS = ("ptr", "tma", "persistent")
 
 
 def ms(fn) -> float:

@@ -397,8 +397,6 @@ _GEMM = {
     "tma_request_unaligned_k_falls_back": dict(impl="tma", m=20, n=30, k=200, bias=True),
     "persistent_channel": dict(impl="persistent", m=70, n=80, k=208, r=16, act="gelu_tanh", res=True),
     "persistent_group32": dict(impl="persistent", m=37, n=45, k=128, group=32, bias=True),
-    "tma_ws_channel_asym": dict(impl="tma-ws", m=37, n=45, k=208, asym=True, bias=True),
-    "persistent_ws_channel": dict(impl="persistent-ws", m=70, n=80, k=208, r=16, act="gelu_tanh", res=True),
 }
 
 

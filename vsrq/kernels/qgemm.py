@@ -34,12 +34,7 @@ from vsrq.kernels._triton import (
 
 __all__ = ["qgemm", "GEMM_IMPLS", "gemm_configs"]
 
-GEMM_IMPLS = ("auto", "ptr", "tma", "persistent", "tma-ws", "persistent-ws")
-# "-ws": the same TMA kernels with Triton's automatic warp specialization (a producer warp group
-# feeding the MMA warps) on the K loop ("tma-ws") or on the persistent tile loop
-# ("persistent-ws"); triton documents it for Blackwell, 3.9 also runs a Hopper pass for it.
-# Under measurement (docs/PERF.md, GPU run 7); where it does not compile the tuner skips it.
-_TMA_IMPLS = ("tma", "persistent", "tma-ws", "persistent-ws")
+GEMM_IMPLS = ("auto", "ptr", "tma", "persistent")
 
 
 # ----------------------------------------------------------------------------- jit helpers
@@ -208,15 +203,14 @@ def _qgemm_tma_kernel(
     HAS_BIAS: tl.constexpr, HAS_LORA: tl.constexpr, BLOCK_R: tl.constexpr,
     ACT_GELU: tl.constexpr, HAS_GATE: tl.constexpr, HAS_RES: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    FLATTEN: tl.constexpr, WS_K: tl.constexpr, WS_TILES: tl.constexpr, INTERP: tl.constexpr,
+    FLATTEN: tl.constexpr, INTERP: tl.constexpr,
 ):
     """TMA loads (zero-filled out of bounds, so ragged M/N/K need no masks); a grid of
-    NUM_PROGS programs loops over the tiles (NUM_PROGS = #tiles: one tile each). WS_K / WS_TILES:
-    automatic warp specialization of the K loop / of the tile loop (per-channel mode)."""
+    NUM_PROGS programs loops over the tiles (NUM_PROGS = #tiles: one tile each)."""
     num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
     acc_dt = tl.float32 if FP8 else tl.int32
-    for tile_id in tl.range(tl.program_id(0), num_tiles, NUM_PROGS, flatten=FLATTEN, warp_specialize=WS_TILES):
+    for tile_id in tl.range(tl.program_id(0), num_tiles, NUM_PROGS, flatten=FLATTEN):
         pid_m, pid_n = _tile_coords(tile_id, M, N, BLOCK_M, BLOCK_N, GROUP_M)
         off_m = pid_m * BLOCK_M
         off_n = pid_n * BLOCK_N
@@ -235,7 +229,7 @@ def _qgemm_tma_kernel(
                                   stride_rsm, ASYM)
         else:
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_dt)
-            for kt in tl.range(0, k_tiles, warp_specialize=WS_K):
+            for kt in range(k_tiles):
                 a = a_desc.load([off_m, kt * BLOCK_K])
                 b = b_desc.load([off_n, kt * BLOCK_K])
                 acc = _mma(a, b.T, acc, FP8, FP8_ACC_K)
@@ -343,13 +337,10 @@ def _launch(impl: str, cfg: dict, args: dict) -> None:
 
     a_desc = TensorDescriptor(a, list(a.shape), list(a.stride()), [bm, bk])
     b_desc = TensorDescriptor(b, list(b.shape), list(b.stride()), [bn, bk])
-    persistent = impl.startswith("persistent")
-    progs = min(tiles, num_sms(device_index(a))) if persistent else tiles
-    ws = impl.endswith("-ws") and not args["group"]
+    progs = tiles if impl == "tma" else min(tiles, num_sms(device_index(a)))
     _qgemm_tma_kernel[(progs,)](
         a_desc, b_desc, c, *common, m, n, k, args["r"], progs,
-        c.stride(0), *st, FLATTEN=(impl == "persistent"), WS_K=ws and not persistent, WS_TILES=ws and persistent,
-        **flags,
+        c.stride(0), *st, FLATTEN=(impl == "persistent"), **flags,
     )
 
 
@@ -379,9 +370,10 @@ def _tune(impls: tuple[str, ...], args: dict, key: tuple) -> tuple[str, dict]:
     return tune_once(("qgemm",) + key, _candidates(impls, args), lambda c: _launch(c[0], c[1], args))
 
 
-# Implementations the tuner tries on Hopper for impl="auto". Until the H100 runs in
-# docs/PERF.md pick one, both the pointer and the TMA kernel compete per shape.
-SM90_AUTO_IMPLS: tuple[str, ...] = ("ptr", "tma")
+# Implementations the tuner tries on Hopper for impl="auto", per shape. The persistent TMA kernel
+# joined in the eighth session: the fastest at M=16384, K=N=3072 in GPU runs 1 and 7 (1.56x cuBLAS
+# bf16 against 1.45x for one tile per program in run 7; docs/PERF.md).
+SM90_AUTO_IMPLS: tuple[str, ...] = ("ptr", "tma", "persistent")
 
 
 def qgemm(
@@ -483,7 +475,7 @@ def qgemm(
             gate.stride(0) if gate is not None else 0, residual.stride(0) if residual is not None else 0,
         ),
     }
-    if impl in _TMA_IMPLS and not _tma_ok(qa, qw):
+    if impl in ("tma", "persistent") and not _tma_ok(qa, qw):
         impl = "ptr"  # TMA needs Hopper and 16-byte aligned rows
     if config is None and _arch_of(qa) == "interp":
         impl, config = ("ptr" if impl == "auto" else impl), dict(_INTERP)
