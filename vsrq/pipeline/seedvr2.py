@@ -26,6 +26,7 @@ from torch import nn
 
 from vsrq.errors import InputError
 from vsrq.pipeline.colour_fix import COLOUR_FIXES, colour_fix
+from vsrq.pipeline.resize import resize_images
 from vsrq.pipeline.tiling import tiled_apply
 
 log = logging.getLogger(__name__)
@@ -97,13 +98,10 @@ def pad_to_multiple(x: torch.Tensor, m: int) -> torch.Tensor:
 
 
 def resize_frames(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bicubic resize of (B, C, T, h, w) to (H, W) = size, antialiased when shrinking."""
-    b, c, t, h, w = x.shape
-    if (h, w) == size:
+    """(B, C, T, h, w) to (H, W) = size with the pipelines' one resize (`resize_images`)."""
+    if tuple(x.shape[-2:]) == tuple(size):
         return x
-    flat = x.transpose(1, 2).reshape(b * t, c, h, w)
-    out = F.interpolate(flat, size=size, mode="bicubic", align_corners=False, antialias=size[0] < h or size[1] < w)
-    return out.view(b, t, c, *size).transpose(1, 2)
+    return resize_images(x.transpose(1, 2), size).transpose(1, 2)
 
 
 class BlockStreamer:

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from vsrq.errors import Interrupted, OutputError, VsrqError
@@ -28,6 +27,7 @@ from vsrq.pipeline import faults
 from vsrq.pipeline.chunking import CrossFader, check_chunking, iter_chunks
 from vsrq.pipeline.device import pick_device, pick_dtype
 from vsrq.pipeline.journal import Journal
+from vsrq.pipeline.resize import resize_images
 from vsrq.pipeline.segment_sink import SegmentSink
 from vsrq.pipeline.tiling import tiled_apply
 
@@ -138,7 +138,7 @@ class ChunkUpscaler:
                 self._shrink_tile(x, err)
         frames = out[0].transpose(0, 1)  # (T, 3, H, W)
         if size is not None and (frames.shape[-1], frames.shape[-2]) != size:
-            frames = F.interpolate(frames, size=(size[1], size[0]), mode="bicubic", antialias=True, align_corners=False)
+            frames = resize_images(frames, (size[1], size[0]))
         return frames
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
