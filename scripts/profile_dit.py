@@ -20,7 +20,7 @@ from vsrq.bench import median_ms, rtn_variant
 from vsrq.models.loader import ARCHITECTURES
 
 CATEGORIES = [
-    ("act-quant", r"act_quant"),
+    ("act-quant", r"act_quant|_tile_kernel"),  # _tile_kernel: whole-row act-quant, with or without the LayerNorm
     ("w4a4-gemm", r"qgemm"),
     ("unpack", r"unpack"),
     ("attention", r"flash|fmha|attention|sdpa|softmax"),
@@ -71,6 +71,7 @@ def main() -> None:
     ap.add_argument("--size", default="240x136")
     ap.add_argument("--chunk", type=int, default=4)
     ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--rank", type=int, default=32, help="low-rank branch of the W4A4 variant (0: none)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--compile", action="store_true", help="also torch.compile both models (same glue fusion for both)")
     a = ap.parse_args()
@@ -78,7 +79,7 @@ def main() -> None:
     w, h = map(int, a.size.split("x"))
     dev = torch.device("cuda")
     fp = ARCHITECTURES["vsrq-dit"].build(cfg).eval()
-    w4 = rtn_variant(fp, 4, 4, rank=32).to(dev, torch.bfloat16)
+    w4 = rtn_variant(fp, 4, 4, rank=a.rank).to(dev, torch.bfloat16)
     fp = fp.to(dev, torch.bfloat16)
     x = torch.rand(1, 3, a.chunk, h, w, device=dev, dtype=torch.bfloat16)
     out = {"config": cfg, "input": [a.chunk, h, w], "device": torch.cuda.get_device_name(dev)}
