@@ -495,6 +495,7 @@ _QNORM = {
     "group32_gelu_asym": dict(k=128, n=72, act_group=32, asym=True, act="gelu_tanh"),
     "smooth_b8_nomod": dict(k=64, n=48, abits=8, smooth=True, nomod=True),
     "lead_dims_clip": dict(k=96, n=40, lead=(2, 3, 7), clip=0.8),
+    "gelu_passed_by_the_caller": dict(k=96, n=64, call_act="gelu_tanh"),
 }
 
 
@@ -517,11 +518,14 @@ def _qnorm_case(p: dict) -> str:
     xn = F.layer_norm(x.float(), (p["k"],), eps=1e-6)
     if shift is not None:
         xn = xn * (1 + scale) + shift
+    call_act = p.get("call_act")
     ql.backend = "reference"
-    assert ql.forward_normed(x, 1e-6, shift, scale) is None, "the reference backend must leave the norm to the caller"
+    assert ql.forward_normed(x, 1e-6, shift, scale, call_act) is None, "the reference backend must leave the norm to the caller"
     ref = ql(xn)
+    if call_act:
+        ref = F.gelu(ref.float(), approximate="tanh").to(ref.dtype)
     ql.backend = "triton"
-    got = ql.forward_normed(x, 1e-6, shift, scale)
+    got = ql.forward_normed(x, 1e-6, shift, scale, call_act)
     assert got is not None and got.shape == ref.shape == (*lead, p["n"]) and got.dtype == x.dtype
     e = _rel(got.float(), ref.float())
     assert e <= 1e-2, f"fused norm vs reference rel err {e}"
@@ -545,6 +549,15 @@ def _qnorm_declines() -> str:
         ql = QuantLinear.from_linear(lin, bits=4, act_bits=4, **kw)
         ql.backend = "triton"
         assert ql.forward_normed(x, 1e-6, None, None) is None, f"{kw} was fused"
+    ql = QuantLinear.from_linear(lin, bits=4, act_bits=4)
+    ql.backend = "triton"
+    assert ql.forward_normed(x, 1e-6, None, None) is not None
+    handle = ql.register_forward_pre_hook(lambda *a: None)
+    assert ql.forward_normed(x, 1e-6, None, None) is None, "a hooked layer was fused (the hook would not run)"
+    handle.remove()
+    gelu = QuantLinear.from_linear(lin, bits=4, act_bits=4, activation="gelu_tanh")
+    gelu.backend = "triton"
+    assert gelu.forward_normed(x, 1e-6, None, None, "gelu_tanh") is None, "a second GELU was fused"
     return "ok"
 
 

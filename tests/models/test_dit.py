@@ -176,7 +176,7 @@ def test_norm_linear_hands_the_norm_to_layers_that_can_fuse_it() -> None:
             super().__init__(8, 4)
             self.accept, self.calls = accept, []
 
-        def forward_normed(self, x, eps, shift, scale):
+        def forward_normed(self, x, eps, shift, scale, activation=None):
             self.calls.append((eps, shift.shape, scale.shape))
             return torch.full((*x.shape[:-1], 4), 7.0) if self.accept else None
 
@@ -195,3 +195,7 @@ def test_norm_linear_hands_the_norm_to_layers_that_can_fuse_it() -> None:
     layer = Fusing(True)
     want = torch.nn.functional.linear(modulate(norm(x2), per_sample.shift, per_sample.scale), layer.weight, layer.bias)
     assert torch.equal(norm_linear(layer, per_sample, x2), want) and layer.calls == []
+    gelu = Fusing(False)
+    want = torch.nn.functional.gelu(torch.nn.functional.linear(modulate(norm(x), one.shift, one.scale), gelu.weight,
+                                                               gelu.bias), approximate="tanh")
+    assert torch.equal(norm_linear(gelu, one, x, activation="gelu_tanh"), want)

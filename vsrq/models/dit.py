@@ -289,8 +289,9 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor, norm: "PreNorm | None" = None) -> torch.Tensor:
-        h = self.fc1(x) if norm is None else norm_linear(self.fc1, norm, x)
-        return self.fc2(F.gelu(h, approximate="tanh"))
+        if norm is None:
+            return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        return self.fc2(norm_linear(self.fc1, norm, x, activation="gelu_tanh"))
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -308,19 +309,23 @@ class PreNorm:
     scale: torch.Tensor
 
 
-def norm_linear(layer: nn.Module, pre: PreNorm, x: torch.Tensor) -> torch.Tensor:
-    """layer(modulate(norm(x), shift, scale)).
+def norm_linear(layer: nn.Module, pre: PreNorm, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
+    """layer(modulate(norm(x), shift, scale)), then GELU (tanh) if ``activation == "gelu_tanh"``.
 
     Why not always that: a layer with a `forward_normed` method (QuantLinear on the GPU) applies
     the norm and modulation inside its activation quantization, one pass over x instead of three
-    (docs/PERF.md, GPU run 5); it returns None where it cannot (CPU reference, rotations, low-rank
-    branches, one modulation per sample), and the plain composition runs."""
+    (docs/PERF.md, GPU run 5), and the GELU in its GEMM epilogue; it returns None where it cannot
+    (CPU reference, rotations, low-rank branches, hooks, one modulation per sample), and the plain
+    composition runs."""
+    if activation not in (None, "gelu_tanh"):
+        raise ValueError(f"activation must be None or 'gelu_tanh', got {activation!r}")
     fused = getattr(layer, "forward_normed", None)
     if fused is not None and pre.shift.shape[0] == 1 and pre.norm.weight is None:
-        y = fused(x, pre.norm.eps, pre.shift[0], pre.scale[0])
+        y = fused(x, pre.norm.eps, pre.shift[0], pre.scale[0], activation)
         if y is not None:
             return y
-    return layer(modulate(pre.norm(x), pre.shift, pre.scale))
+    y = layer(modulate(pre.norm(x), pre.shift, pre.scale))
+    return y if activation is None else F.gelu(y, approximate="tanh")
 
 
 class DiTBlock(nn.Module):

@@ -520,7 +520,7 @@ class QuantLinear(nn.Module):
         return y.reshape(*lead, n)
 
     def forward_normed(self, x: torch.Tensor, eps: float, shift: torch.Tensor | None,
-                       scale: torch.Tensor | None) -> torch.Tensor | None:
+                       scale: torch.Tensor | None, activation: str | None = None) -> torch.Tensor | None:
         """self(LayerNorm(x) * (1 + scale) + shift) (LayerNorm without affine, one (K,) modulation)
         with the norm and modulation inside the activation kernel (`norm_act_quant`): x is read
         once and the normalized activation never exists in 16 bits. Only on the Triton path and
@@ -528,10 +528,16 @@ class QuantLinear(nn.Module):
         its limit, row sums per row or per activation group); None elsewhere, and the caller
         composes norm, modulation and this layer itself (`vsrq.models.dit.norm_linear`). The
         fused path computes the norm in fp32 without rounding to 16 bits in between, as the CPU
-        reference (an fp32 model) does."""
+        reference (an fp32 model) does. ``activation`` ("gelu_tanh") applies the activation that
+        follows the layer in the GEMM epilogue (on the fp32 output, before the one rounding).
+        Declines too while hooks are registered on the layer, so instrumentation (calibration,
+        flicker statistics) always sees the plain call."""
         k, n = self.in_features, self.out_features
         if self.binary_k or self.hadamard_block or self.rank or x.shape[-1] != k or not self._use_triton(x):
             return None
+        if self._forward_hooks or self._forward_pre_hooks or (activation and self.activation):
+            return None
+        act = activation or self.activation
         from vsrq.kernels.act_quant_tile import TILE_MAX_K, modulation_vectors
 
         ag = self.act_group_size if self.act_group_size not in (None, 0, k) else 0
@@ -548,14 +554,14 @@ class QuantLinear(nn.Module):
 
             y = quant_linear_op(
                 x2, self.qweight, self.wscale, self.wzero, self.smooth, None, None, self.effective_bias(), None, None,
-                k, self.packed, self.symmetric, self.a_bits, ag, 0, self.activation or "", self.act_clip_float,
+                k, self.packed, self.symmetric, self.a_bits, ag, 0, act or "", self.act_clip_float,
                 float(eps), None if mod is None else mod[0], None if mod is None else mod[1])
         else:
             from vsrq.kernels.linear import quant_linear
 
             y = quant_linear(x2, self._int8_weight_triton(), self.wscale, wzero=self.wzero, a_bits=self.a_bits,
                              act_group=self.act_group_size, smooth=self.smooth, bias=self.effective_bias(),
-                             activation=self.activation, out_dtype=x.dtype, clip_ratio=self.act_clip_value(),
+                             activation=act, out_dtype=x.dtype, clip_ratio=self.act_clip_value(),
                              norm=(float(eps), mod))
         return y.reshape(*lead, n)
 
