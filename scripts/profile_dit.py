@@ -72,6 +72,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=4)
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--rank", type=int, default=32, help="low-rank branch of the W4A4 variant (0: none)")
+    ap.add_argument("--mode", default=None, help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--compile", action="store_true", help="also torch.compile both models (same glue fusion for both)")
     a = ap.parse_args()
@@ -85,7 +86,7 @@ def main() -> None:
     out = {"config": cfg, "input": [a.chunk, h, w], "device": torch.cuda.get_device_name(dev)}
     nets = [("bf16", fp), ("w4a4", w4)]
     if a.compile:
-        nets += [("bf16+compile", torch.compile(fp)), ("w4a4+compile", torch.compile(w4))]
+        nets += [("bf16+compile", torch.compile(fp, mode=a.mode)), ("w4a4+compile", torch.compile(w4, mode=a.mode))]
     for name, net in nets:
         try:
             cats, kernels = profile_forward(net, x, a.iters)
