@@ -109,7 +109,7 @@ def main() -> int:
         for name, kw in {"plain": {}, "group32": {"group_size": 32}}.items():
             t2 = ms(lambda: act_quant(x, 4, single_pass=False, **kw))
             t_auto = ms(lambda: act_quant(x, 4, **kw))
-            log(f"  {name:8s} act_quant default dispatch (tile, {tile_config(k)}): {t_auto:.4f} ms")
+            log(f"  {name:8s} act_quant default dispatch (tile, {tile_config()}): {t_auto:.4f} ms")
             best = None
             for cfg in configs(k):
                 t = ms(lambda: act_quant(x, 4, config=cfg, **kw))

@@ -536,6 +536,31 @@ for _n, _p in _QNORM.items():
     case(f"quant_linear_normed[{_n}]")(lambda _p=_p: _qnorm_case(_p))
 
 
+@case("quant_linear_normed[modulation_cache]")
+def _qnorm_mod_cache() -> str:
+    """The (1 + scale, shift) vectors are made once for the same modulation tensors and made again
+    after a write to them (a fresh result, equal to the uncached one)."""
+    import torch
+
+    from vsrq.quant.qlinear import QuantLinear
+
+    torch.manual_seed(5)
+    ql = QuantLinear.from_linear(torch.nn.Linear(64, 32), bits=4, act_bits=4)
+    ql.backend = "triton"
+    buf = torch.randn(2, 64) * 0.3  # like the folded model's modulation buffer: shift, scale views
+    x = torch.randn(9, 64).to(torch.bfloat16)
+    y1 = ql.forward_normed(x, 1e-6, buf[0], buf[1])
+    first = ql._mod_cache[2]
+    y2 = ql.forward_normed(x, 1e-6, buf[0], buf[1])
+    assert ql._mod_cache[2] is first and torch.equal(y1, y2), "not reused for the same tensors"
+    buf.mul_(2)
+    y3 = ql.forward_normed(x, 1e-6, buf[0], buf[1])
+    assert ql._mod_cache[2] is not first, "stale vectors after a write"
+    ql._mod_cache = None
+    assert torch.equal(y3, ql.forward_normed(x, 1e-6, buf[0], buf[1])), "cached and fresh vectors disagree"
+    return "ok"
+
+
 @case("quant_linear_normed[declines]")
 def _qnorm_declines() -> str:
     """Layers the whole-row kernel cannot serve return None (the model then normalizes itself)."""

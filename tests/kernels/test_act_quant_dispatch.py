@@ -58,7 +58,7 @@ def test_single_pass_fits(kw: dict, want: bool) -> None:
     dtype = kw.pop("dtype", torch.bfloat16)
     p, x = _plan(k, dtype, **kw)
     assert aq.single_pass_fits(p, x) is want
-    assert aq._use_single_pass(p, None, x) is False  # two-pass unless forced: measured faster
+    assert aq._use_single_pass(p, None, x) is False  # the single-pass kernel only when forced (measured slower)
 
 
 def test_forcing_single_pass_where_it_cannot_run_raises() -> None:
@@ -148,3 +148,25 @@ def test_tuned_choices_persist_across_processes(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(kt, "_TUNED", {})
     other = [{"BLOCK": 32, "impl": "x"}, {"BLOCK": 256, "impl": "y"}]  # the remembered one is gone: time again
     assert kt.tune_once(("shape", 1), other, launch) == other[1] and len(calls) > n
+
+
+@pytest.mark.parametrize(
+    ("kw", "want"),
+    [
+        ({}, True),
+        ({"group_size": 32}, True),
+        ({"smooth": torch.ones(3072), "rowsum_group": 0}, True),
+        ({"group_size": 64, "rowsum_group": 64}, True),
+        ({"rowsum_group": 64}, False),  # per-token scales, row sums per 64: the two-pass kernel's
+        ({"hadamard_block": 128}, False),
+        ({"lora_down": torch.zeros(3072, 32, dtype=torch.bfloat16)}, False),
+        ({"k": 16384}, True),
+        ({"k": 16384 + 64}, False),
+    ],
+)
+def test_tile_applies(kw: dict, want: bool) -> None:
+    """The whole-row kernel serves every mode without rotation or low-rank branch up to its K limit,
+    with row sums per row or per the scale's groups."""
+    k = kw.pop("k", 3072)
+    p, _ = _plan(k, **kw)
+    assert aq.tile_applies(p) is want

@@ -199,3 +199,21 @@ def test_norm_linear_hands_the_norm_to_layers_that_can_fuse_it() -> None:
     want = torch.nn.functional.gelu(torch.nn.functional.linear(modulate(norm(x), one.shift, one.scale), gelu.weight,
                                                                gelu.bias), approximate="tanh")
     assert torch.equal(norm_linear(gelu, one, x, activation="gelu_tanh"), want)
+
+
+def test_rope_is_the_textbook_rotation() -> None:
+    """rope_3d's signed table with apply_rope equals x * cos + [-x2, x1] * sin with the plain sin of
+    the same angles (the window-attention reference uses apply_rope itself, so it could not tell)."""
+    from vsrq.models.dit import apply_rope, rope_3d
+
+    grid, hd = (3, 4, 5), 24
+    cos, signed = rope_3d(grid, hd, 10000.0, torch.device("cpu"))
+    sin = signed[:, hd // 2:].repeat(1, 2)  # the second half holds +sin of the same angles
+    assert torch.equal(signed[:, : hd // 2], -signed[:, hd // 2:])
+    # the angles themselves: the first pair of the time axis turns by position * 1 (inverse frequency 1)
+    t_pos = torch.arange(grid[0]).repeat_interleave(grid[1] * grid[2]).float()
+    assert torch.allclose(torch.atan2(sin[:, 0], cos[:, 0]), torch.atan2(torch.sin(t_pos), torch.cos(t_pos)), atol=1e-6)
+    x = torch.randn(2, 4, cos.shape[0], hd, generator=torch.Generator().manual_seed(3))
+    x1, x2 = x.chunk(2, dim=-1)
+    want = x * cos + torch.cat([-x2, x1], dim=-1) * sin
+    assert torch.equal(apply_rope(x, cos, signed), want)

@@ -5,12 +5,14 @@ the 16-bit activation (smoothing, block Hadamard rotation, per-token/per-group a
 rounding, the zero-point row sums and the low-rank down-projection x_hat @ L_down)
 happens here, in one kernel, instead of in the GEMM's main loop or in 4-5 torch ops.
 
-Per-token scales need the whole row before any value can be rounded. Two kernels:
-* single pass (row-resident, K <= 4096, the default there): a block of a few rows is
-  loaded once and stays in registers while absmax, low-rank and rounding run over it;
-* two pass (any K, and per-group mode): per row block, absmax + low-rank over K, then
-  a second pass re-reads the block to quantize (mostly L2 hits, but measured 2-3x over
-  the memory floor on the H100). Per-group mode needs no second pass.
+Three kernels; ``act_quant`` picks one:
+* whole-row tile (`act_quant_tile.py`, the default where it applies: no rotation, no low-rank
+  branch, K <= 16384): one row per program, x read once, at the copy rate on the H100;
+* two pass (any mode, the default for rotations and low-rank branches): per row block, absmax +
+  low-rank over K, then a second pass re-reads the block to quantize (2-3x over the memory floor
+  on the H100). Per-group mode needs no second pass;
+* single pass (row-resident, K <= 4096, only when forced): a few rows kept in registers while
+  absmax, low-rank and rounding run over them; measured slower than two-pass.
 Numerics: :func:`vsrq.kernels.reference.act_quant_ref`, including the
 DRAQ clip ratio (a runtime fp32 argument: scale = div_rn(absmax * clip, qmax)).
 """
@@ -447,7 +449,8 @@ def tile_applies(p: _Plan) -> bool:
 
 
 def _use_single_pass(p: _Plan, single_pass: bool | None, x: torch.Tensor) -> bool:
-    """Dispatch. None: the two-pass kernel. Measured on the H100 (GPU run 3, docs/PERF.md) the
+    """Whether to run the single-pass kernel (None and False: no; `act_quant` tries the tile kernel
+    first for None). Measured on the H100 (GPU run 3, docs/PERF.md) the
     single-pass kernel is about 2x *slower* (0.261 vs 0.126 ms at M=16384, K=3072, smooth +
     r=32: its 16-row blocks of 16 warps hold few blocks per SM and spill), so it runs only when
     forced (True raises where it cannot run)."""

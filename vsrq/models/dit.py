@@ -320,7 +320,9 @@ def norm_linear(layer: nn.Module, pre: PreNorm, x: torch.Tensor, activation: str
     if activation not in (None, "gelu_tanh"):
         raise ValueError(f"activation must be None or 'gelu_tanh', got {activation!r}")
     fused = getattr(layer, "forward_normed", None)
-    if fused is not None and pre.shift.shape[0] == 1 and pre.norm.weight is None:
+    norm = pre.norm
+    plain_ln = isinstance(norm, nn.LayerNorm) and norm.weight is None and norm.bias is None and len(norm.normalized_shape) == 1
+    if fused is not None and plain_ln and pre.shift.shape[0] == 1:
         y = fused(x, pre.norm.eps, pre.shift[0], pre.scale[0], activation)
         if y is not None:
             return y

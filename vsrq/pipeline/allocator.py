@@ -5,8 +5,8 @@ Why: glibc serves every allocation above its mmap threshold (at most 32 MiB) wit
 dozens of activations of 20-100 MiB, so each forward page-faults (and the kernel zeroes) them
 all over again: on a 2-core machine that was ~8 of 26 seconds of system time for a 96-frame
 640x360 upscale (docs/PERF.md, eighth session). Turning mmap off for malloc and raising the trim
-threshold keeps the memory in the heap for the next chunk; the peak is unchanged, it is just
-not returned between chunks. Numerics are untouched.
+threshold keeps the memory in the heap for the next chunk: it is not returned between chunks
+(heap fragmentation can raise the peak a little; not measured). Numerics are untouched.
 """
 
 from __future__ import annotations
@@ -53,5 +53,6 @@ def keep_freed_memory() -> bool:
     if libc is None:
         return False
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    _tuned = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+    # the trim threshold first: if turning mmap off then fails, nothing is left half set
+    _tuned = bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)) and bool(libc.mallopt(M_MMAP_MAX, 0))
     return _tuned

@@ -1,9 +1,10 @@
-"""One frame resize for the pipelines: bicubic, antialiased only when shrinking.
+"""One frame resize for the pipelines: bicubic, antialiased when either axis shrinks.
 
 Why one: `--outscale` (any model) and SeedVR2's resize-to-target both resize frames; torch's
 antialiased bicubic is another kernel (a = -0.5) than the plain one (a = -0.75), so two call sites
 with different flags gave visibly different results for the same enlargement (up to 0.09 of the
-range). Enlarging uses the plain bicubic the DiT's own residual and the eval baseline use.
+range). Enlarging both axes uses the plain bicubic the DiT's own residual and the eval baseline
+use; when one axis shrinks, torch antialiases both (one flag per call).
 """
 
 from __future__ import annotations

@@ -155,6 +155,7 @@ class QuantLinear(nn.Module):
         self.register_buffer("bin_sign", torch.zeros((n * bk + 7) // 8, dtype=torch.uint8, device=device) if bk else None)
         self.register_buffer("bin_scale", torch.zeros(n, dtype=torch.float16, device=device) if bk else None)
         self._bin_cache: tuple[tuple, torch.Tensor] | None = None
+        self._mod_cache: tuple | None = None  # see _modulation
         self.register_buffer("qmeta", self._meta_tensor(bias, smooth, bias_align, device))
         # DRAQ activation clip ratio (a value, not config: see the module doc)
         self.register_buffer(
@@ -530,15 +531,16 @@ class QuantLinear(nn.Module):
         fused path computes the norm in fp32 without rounding to 16 bits in between, as the CPU
         reference (an fp32 model) does. ``activation`` ("gelu_tanh") applies the activation that
         follows the layer in the GEMM epilogue (on the fp32 output, before the one rounding).
-        Declines too while hooks are registered on the layer, so instrumentation (calibration,
-        flicker statistics) always sees the plain call."""
+        Declines too while hooks are registered on the layer itself, so the engine's per-layer
+        instrumentation (calibration, flicker statistics) sees the plain call (global module hooks
+        and hooks on the LayerNorm are not looked at)."""
         k, n = self.in_features, self.out_features
         if self.binary_k or self.hadamard_block or self.rank or x.shape[-1] != k or not self._use_triton(x):
             return None
         if self._forward_hooks or self._forward_pre_hooks or (activation and self.activation):
             return None
         act = activation or self.activation
-        from vsrq.kernels.act_quant_tile import TILE_MAX_K, modulation_vectors
+        from vsrq.kernels.act_quant_tile import TILE_MAX_K
 
         ag = self.act_group_size if self.act_group_size not in (None, 0, k) else 0
         gs = gemm_group_size(k, self.act_group_size, self.wscale.shape[1])
@@ -548,7 +550,7 @@ class QuantLinear(nn.Module):
         x2 = x.reshape(-1, k)
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
-        mod = None if shift is None and scale is None else modulation_vectors(shift, scale, k, x.device)
+        mod = None if shift is None and scale is None else self._modulation(shift, scale, x.device)
         if torch.compiler.is_compiling():
             from vsrq.kernels.linear import quant_linear_op
 
@@ -564,6 +566,30 @@ class QuantLinear(nn.Module):
                              activation=act, out_dtype=x.dtype, clip_ratio=self.act_clip_value(),
                              norm=(float(eps), mod))
         return y.reshape(*lead, n)
+
+    def _modulation(self, shift: torch.Tensor | None, scale: torch.Tensor | None,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """`modulation_vectors` of the block's shift/scale, made once while they stay the same
+        tensors with the same contents (the folded model's constant buffer): the cache holds the
+        inputs, so their storage cannot be handed to another tensor, and the version counter, shared
+        by every view of a storage, changes with any write. Not cached inside a compiled graph
+        (inductor fuses the few ops) nor for inference tensors (they have no version counter)."""
+        from vsrq.kernels.act_quant_tile import modulation_vectors
+
+        k = self.in_features
+        if torch.compiler.is_compiling():
+            return modulation_vectors(shift, scale, k, device)
+        try:
+            key = tuple(None if t is None else (t.data_ptr(), t._version, tuple(t.shape), tuple(t.stride()), t.dtype,
+                                                t.device) for t in (shift, scale))
+        except RuntimeError:  # inference tensors track no version
+            return modulation_vectors(shift, scale, k, device)
+        cached = self._mod_cache
+        if cached is not None and cached[0] == key and cached[2][0].device == device:
+            return cached[2]
+        vectors = modulation_vectors(shift, scale, k, device)
+        self._mod_cache = (key, (shift, scale), vectors)
+        return vectors
 
     def _add_binary(self, y: torch.Tensor, x2: torch.Tensor, gate: torch.Tensor | None,
                     residual: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
