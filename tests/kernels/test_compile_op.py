@@ -38,6 +38,23 @@ for m, k, n, rank, smooth, act in [(37, 96, 40, 8, True, ""), (5, 200, 24, 0, Fa
                           q.hadamard_block, q.activation or "", q.act_clip_float),
                           test_utils=("test_schema", "test_faketensor"))
     print("ok", m, k, n, err)
+
+# the norm arguments (LayerNorm + modulation fused into the activation kernel): against the fused
+# eager path of the module, and registered cleanly
+from vsrq.kernels.act_quant_tile import modulation_vectors
+for m, k, n, act in [(29, 96, 40, "gelu_tanh"), (7, 64, 24, "")]:
+    q = QuantLinear.from_linear(nn.Linear(k, n), bits=4, act_bits=4, act_group_size=32 if act else None)
+    q.backend = "triton"
+    x = (torch.randn(m, k) * 2 + 1).to(torch.bfloat16)
+    shift, scale = torch.randn(k) * 0.3, torch.randn(k) * 0.3
+    ref = q.forward_normed(x, 1e-6, shift, scale, act or None)
+    mm, ma = modulation_vectors(shift, scale, k, x.device)
+    args = (x, q.qweight, q.wscale, q.wzero, q.smooth, None, None, q.effective_bias(), None, None, k, q.packed,
+            q.symmetric, q.a_bits, q.act_group_size or 0, 0, act, q.act_clip_float, 1e-6, mm, ma)
+    y = quant_linear_op(*args)
+    assert torch.equal(y, ref), (m, k, n)
+    torch.library.opcheck(quant_linear_op, args, test_utils=("test_schema", "test_faketensor"))
+    print("ok-norm", m, k, n)
 """
 
 
@@ -48,4 +65,4 @@ def test_compile_op_matches_the_module_and_registers_cleanly() -> None:
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, env=env, cwd=root, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.count("ok ") == 2
+    assert out.stdout.count("ok ") == 2 and out.stdout.count("ok-norm ") == 2, out.stdout
