@@ -488,6 +488,36 @@ for _n, _p in _QLIN.items():
     case(f"quant_linear[{_n}]")(lambda _p=_p: _qlin_case(_p))
 
 
+@case("quant_linear[binary_branch]")
+def _qlin_binary() -> str:
+    """A layer with the binary residual branch (vsrq.quant.binres) on the Triton path (fp32 GEMM
+    output + the branch + GELU / gate / residual in torch) against the reference path."""
+    import torch
+
+    from vsrq.quant.binres import fit_binary_residual
+    from vsrq.quant.qlinear import QuantLinear
+
+    torch.manual_seed(11)
+    lin = torch.nn.Linear(96, 40)
+    x_cal = torch.randn(64, 96)
+    out = []
+    for kw in (dict(), dict(smooth=torch.rand(96) + 0.5, activation="gelu_tanh")):
+        q = QuantLinear.from_linear(lin, bits=4, act_bits=4, binary_k=4, **kw)
+        fit_binary_residual(lin, q, x_cal)
+        assert q.bin_scale.float().abs().sum() > 0, "the branch is empty"
+        x = torch.randn(2, 13, 96).to(torch.bfloat16)
+        gate = torch.randn(2, 13, 40).to(torch.bfloat16)
+        res = torch.randn(2, 13, 40).to(torch.bfloat16)
+        q.backend = "reference"
+        ref = q(x, gate=gate, residual=res)
+        q.backend = "triton"
+        got = q(x, gate=gate, residual=res)
+        e = _rel(got.float(), ref.float())
+        assert got.shape == ref.shape and e <= 1e-2, f"binary branch triton vs reference rel {e}"
+        out.append(f"{e:.1e}")
+    return "rel=" + "/".join(out)
+
+
 # ----------------------------------------------------------------------------- QuantLinear with a fused LayerNorm
 
 _QNORM = {

@@ -488,13 +488,8 @@ class QuantLinear(nn.Module):
         if torch.compiler.is_compiling() and x2.is_cuda and self.backend != "reference" and not self.binary_k:
             # one opaque op for torch.compile: the graph around it (norms, modulation, residuals)
             # is fused by inductor, the quantized linear runs our kernels as in eager mode
-            from vsrq.kernels.linear import quant_linear_op
-
-            y = quant_linear_op(
-                x2.contiguous(), self.qweight, self.wscale, self.wzero, self.smooth, self.lora_down, self.lora_up,
-                self.effective_bias(), None if g2 is None else g2.contiguous(), None if r2 is None else r2.contiguous(),
-                k, self.packed, self.symmetric, self.a_bits, self.act_group_size or 0, self.hadamard_block,
-                self.activation or "", self.act_clip_float)
+            y = self._compiled_op(x2.contiguous(), None if g2 is None else g2.contiguous(),
+                                  None if r2 is None else r2.contiguous(), self.activation)
             return y.reshape(*lead, n)
         binary = self.binary_k > 0  # its output joins before the activation / gate / residual epilogue
         common = dict(
@@ -552,12 +547,7 @@ class QuantLinear(nn.Module):
             x2 = x2.contiguous()
         mod = None if shift is None and scale is None else self._modulation(shift, scale, x.device)
         if torch.compiler.is_compiling():
-            from vsrq.kernels.linear import quant_linear_op
-
-            y = quant_linear_op(
-                x2, self.qweight, self.wscale, self.wzero, self.smooth, None, None, self.effective_bias(), None, None,
-                k, self.packed, self.symmetric, self.a_bits, ag, 0, act or "", self.act_clip_float,
-                float(eps), None if mod is None else mod[0], None if mod is None else mod[1])
+            y = self._compiled_op(x2, None, None, act, (float(eps), mod))
         else:
             from vsrq.kernels.linear import quant_linear
 
@@ -566,6 +556,21 @@ class QuantLinear(nn.Module):
                              activation=act, out_dtype=x.dtype, clip_ratio=self.act_clip_value(),
                              norm=(float(eps), mod))
         return y.reshape(*lead, n)
+
+    def _compiled_op(self, x2: torch.Tensor, gate: torch.Tensor | None, residual: torch.Tensor | None,
+                     activation: str | None,
+                     norm: tuple[float, tuple[torch.Tensor, torch.Tensor] | None] | None = None) -> torch.Tensor:
+        """This layer as the opaque `vsrq::quant_linear` op (inside a torch.compile graph); with
+        ``norm`` = (eps, modulation vectors) x2 is the LayerNorm's input (`forward_normed`)."""
+        from vsrq.kernels.linear import quant_linear_op
+
+        k = self.in_features
+        eps, mod = norm if norm is not None else (-1.0, None)
+        return quant_linear_op(
+            x2, self.qweight, self.wscale, self.wzero, self.smooth, self.lora_down, self.lora_up, self.effective_bias(),
+            gate, residual, k, self.packed, self.symmetric, self.a_bits,
+            self.act_group_size if self.act_group_size not in (None, k) else 0, self.hadamard_block,
+            activation or "", self.act_clip_float, eps, None if mod is None else mod[0], None if mod is None else mod[1])
 
     def _modulation(self, shift: torch.Tensor | None, scale: torch.Tensor | None,
                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
