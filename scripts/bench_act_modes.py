@@ -13,14 +13,12 @@ layer (act-quant + int8 GEMM + bias) for those modes against cuBLAS bf16, in one
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -28,9 +26,12 @@ from vsrq.kernels import qgemm as qg  # noqa: E402
 from vsrq.kernels.act_quant import act_quant  # noqa: E402
 from vsrq.quant.pack import quantize_weight  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _gpu_run import RunLog, median_ms  # noqa: E402
+
 
 def ms(fn) -> float:
-    return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
+    return median_ms(fn, 25, 100)
 
 
 def main() -> int:
@@ -38,14 +39,10 @@ def main() -> int:
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     a = ap.parse_args()
     torch.manual_seed(0)
-    lines, rows = [], []
+    log = RunLog("act_modes")
+    rows = log.rows
 
-    def log(s: str) -> None:
-        print(s, flush=True)
-        lines.append(s)
-
-    p = torch.cuda.get_device_properties(0)
-    log(f"device {p.name}; torch {torch.__version__}")
+    log.header()
     m = 16384
     for k, n in ((3072, 3072), (3072, 12288), (2560, 2560)):
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
@@ -84,9 +81,7 @@ def main() -> int:
                          "bf16_ms": t_bf16, "speedup": t_bf16 / t_l})
         x = w = out = None  # noqa: F841 (free before the next shape)
         torch.cuda.empty_cache()
-    Path(a.out).mkdir(parents=True, exist_ok=True)
-    (Path(a.out) / "act_modes.log").write_text("\n".join(lines) + "\n")
-    (Path(a.out) / "act_modes.json").write_text(json.dumps(rows, indent=1))
+    log.write(a.out)
     return 0
 
 

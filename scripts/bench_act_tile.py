@@ -17,14 +17,12 @@ plain layer (act-quant + GEMM vs F.linear) with each act kernel.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -36,11 +34,14 @@ from vsrq.models.dit import modulate  # noqa: E402
 from vsrq.quant.pack import quantize_weight  # noqa: E402
 from vsrq.quant.qlinear import QuantLinear  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _gpu_run import RunLog, median_ms  # noqa: E402
+
 EPS = 1e-6
 
 
 def ms(fn) -> float:
-    return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
+    return median_ms(fn, 25, 100)
 
 
 def configs(k: int) -> list[dict]:
@@ -59,18 +60,14 @@ def main() -> int:
     ap.add_argument("--norm-sweep", action="store_true", help="only time norm_act_quant's launch shapes")
     a = ap.parse_args()
     torch.manual_seed(0)
-    lines: list[str] = []
-    rows: list[dict] = []
-
-    def log(s: str) -> None:
-        print(s, flush=True)
-        lines.append(s)
-
-    p = torch.cuda.get_device_properties(0)
-    log(f"device {p.name}; torch {torch.__version__}")
+    log = RunLog("norm_sweep" if a.norm_sweep else "act_tile")
+    rows = log.rows
+    log.header()
     fails = 0
     if a.norm_sweep:
-        return norm_sweep(log, a.out)
+        norm_sweep(log)
+        log.write(a.out)
+        return 0
 
     # (1) correctness at the timed shapes
     for m, k in ((16384, 3072), (16384, 12288), (1000, 3072), (4099, 2560)):
@@ -177,16 +174,14 @@ def main() -> int:
         x = w = out = None  # noqa: F841
         torch.cuda.empty_cache()
     log(f"checks failed: {fails}")
-    Path(a.out).mkdir(parents=True, exist_ok=True)
-    (Path(a.out) / "act_tile.log").write_text("\n".join(lines) + "\n")
-    (Path(a.out) / "act_tile.json").write_text(json.dumps(rows, indent=1))
+    log.write(a.out)
     return 1 if fails else 0
 
 
-def norm_sweep(log, out: str) -> int:
+def norm_sweep(log: RunLog) -> None:
     """norm_act_quant at M=16384 for each launch shape (the first GPU run timed only the default)."""
     m = 16384
-    rows = []
+    rows = log.rows
     for k in (2560, 3072):
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         mod = modulation_vectors(torch.randn(k, device="cuda") * 0.3, torch.randn(k, device="cuda") * 0.3, k, x.device)
@@ -196,9 +191,6 @@ def norm_sweep(log, out: str) -> int:
                 t = ms(lambda: norm_act_quant(x, EPS, mod, 4, group_size=group, config=cfg))
                 log(f"K={k} group={group} norm {cfg}: {t:.4f} ms (plain act-quant, default shape: {t_plain:.4f})")
                 rows.append({"k": k, "group": group, "cfg": cfg, "ms": t, "plain_ms": t_plain})
-    Path(out).mkdir(parents=True, exist_ok=True)
-    (Path(out) / "norm_sweep.json").write_text(json.dumps(rows, indent=1))
-    return 0
 
 
 if __name__ == "__main__":

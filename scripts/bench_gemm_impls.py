@@ -14,7 +14,6 @@ cuBLAS bf16 and cuBLAS fp8 with scalar scales (a ceiling for a tensor-core GEMM 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -22,18 +21,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import triton
-from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vsrq.kernels import qgemm as qg  # noqa: E402
 from vsrq.quant.pack import quantize_weight  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _gpu_run import RunLog, median_ms  # noqa: E402
+
 IMPLS = ("ptr", "tma", "persistent")
 
 
 def ms(fn) -> float:
-    return float(do_bench(fn, warmup=10, rep=50, return_mode="median"))
+    return median_ms(fn, 10, 50)
 
 
 def main() -> int:
@@ -41,18 +42,13 @@ def main() -> int:
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     a = ap.parse_args()
     torch.manual_seed(0)
-    lines: list[str] = []
-    rows: list[dict] = []
-
-    def log(s: str) -> None:
-        print(s, flush=True)
-        lines.append(s)
+    log = RunLog("gemm_impls")
+    rows = log.rows
 
     import triton.backends.nvidia.compiler as nvc
 
     src = Path(nvc.__file__).read_text()
-    log(f"device {torch.cuda.get_device_name()}; torch {torch.__version__}; triton {triton.__version__}; "
-        f"hopper warp-spec pass in the compiler: {'hopper_warpspec' in src}")
+    log.header(f"triton {triton.__version__}; hopper warp-spec pass in the compiler: {'hopper_warpspec' in src}")
     m = 16384
     fails = 0
     for k, n in ((3072, 3072), (3072, 12288), (12288, 3072)):
@@ -95,9 +91,7 @@ def main() -> int:
         x = w = out = qa = None  # noqa: F841
         torch.cuda.empty_cache()
     log(f"outputs differing from the TMA kernel's: {fails}")
-    Path(a.out).mkdir(parents=True, exist_ok=True)
-    (Path(a.out) / "gemm_impls.log").write_text("\n".join(lines) + "\n")
-    (Path(a.out) / "gemm_impls.json").write_text(json.dumps(rows, indent=1))
+    log.write(a.out)
     return 1 if fails else 0
 
 
