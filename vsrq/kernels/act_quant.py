@@ -31,7 +31,7 @@ from vsrq.kernels.act_quant_tile import TILE_MAX_K, launch_tile
 from vsrq.kernels.reference import ActQuantResult, hadamard_matrix, hadamard_scale
 from vsrq.quant.pack import check_clip_ratio
 
-__all__ = ["act_quant", "norm_act_quant", "tile_applies", "row_configs", "row_chunk", "tuned_row_configs", "SINGLE_PASS_MAX_K"]
+__all__ = ["act_quant", "norm_act_quant", "tile_applies", "tile_serves", "row_configs", "row_chunk", "tuned_row_configs", "SINGLE_PASS_MAX_K"]
 
 
 @triton.jit
@@ -442,10 +442,20 @@ def single_pass_fits(p: _Plan, x: torch.Tensor) -> bool:
     return applies and not p.hadamard_block and any(_row_fits(p, c, x) for c in row_configs(p.arch, p.needs_dot))
 
 
+def tile_serves(k: int, group_size: int | None = None, rowsum_group: int | None = None,
+                hadamard_block: int = 0, rank: int = 0) -> bool:
+    """Whether the whole-row kernel (`act_quant_tile`) runs an `act_quant` call with these
+    arguments: no rotation, no low-rank branch, K <= TILE_MAX_K, and row sums per row or per the
+    scale's groups. One rule for the dispatcher and for callers that must know beforehand
+    (`QuantLinear.forward_normed`, whose LayerNorm fusion exists only in this kernel)."""
+    group = 0 if group_size in (None, 0, k) else group_size
+    rows = 0 if rowsum_group in (None, 0, k) else rowsum_group
+    return not hadamard_block and not rank and k <= TILE_MAX_K and rows in (0, group)
+
+
 def tile_applies(p: _Plan) -> bool:
-    """Whether the whole-row kernel (`act_quant_tile`) computes this call: no rotation, no
-    low-rank branch, K <= TILE_MAX_K, and row sums per row or per the scale's groups."""
-    return not p.hadamard_block and not p.r and p.k <= TILE_MAX_K and (p.rs_group == 0 or p.rs_group == p.group)
+    """`tile_serves` for a checked plan."""
+    return tile_serves(p.k, p.group, p.rs_group, p.hadamard_block, p.r)
 
 
 def _use_single_pass(p: _Plan, single_pass: bool | None, x: torch.Tensor) -> bool:

@@ -535,11 +535,10 @@ class QuantLinear(nn.Module):
         if self._forward_hooks or self._forward_pre_hooks or (activation and self.activation):
             return None
         act = activation or self.activation
-        from vsrq.kernels.act_quant_tile import TILE_MAX_K
+        from vsrq.kernels.act_quant import tile_serves
 
-        ag = self.act_group_size if self.act_group_size not in (None, 0, k) else 0
-        gs = gemm_group_size(k, self.act_group_size, self.wscale.shape[1])
-        if k > TILE_MAX_K or (self.wzero is not None and gs not in (0, ag)):
+        rowsum_group = gemm_group_size(k, self.act_group_size, self.wscale.shape[1]) if self.wzero is not None else None
+        if not tile_serves(k, self.act_group_size, rowsum_group):
             return None
         lead = x.shape[:-1]
         x2 = x.reshape(-1, k)
