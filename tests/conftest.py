@@ -7,11 +7,6 @@ import os
 
 import pytest
 
-# In-process CLI tests would otherwise switch glibc's allocator for the rest of the session
-# (vsrq.pipeline.allocator), making the suite's memory use depend on test order; its own tests
-# run in subprocesses with their own setting.
-os.environ.setdefault("VSRQ_KEEP_FREED_MEMORY", "0")
-
 
 @pytest.fixture(scope="session")
 def bbb_path() -> str:

@@ -70,7 +70,6 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         _install_warning_lines()
-        keep_freed_memory()
         try:
             return fn(*args, **kwargs)
         except typer.Exit:
@@ -606,6 +605,8 @@ def evaluate_cmd(
 
 
 def main() -> None:
+    """The `vsrq` command: process-wide set-up (the CPU allocator, vsrq.pipeline.allocator), then typer."""
+    keep_freed_memory()
     app()
 
 
