@@ -10,8 +10,9 @@ import torch
 from triton.testing import do_bench
 
 
-def median_ms(fn, warmup: int = 25, rep: int = 100) -> float:
-    """Median milliseconds of fn on the GPU (triton's do_bench, CUDA events)."""
+def kernel_ms(fn, warmup: int = 25, rep: int = 100) -> float:
+    """Median milliseconds of a kernel call (triton's do_bench: L2 cleared, many repeats), as
+    bench_kernels.py times; whole forwards use vsrq.bench.median_ms (a few CUDA-event repeats)."""
     return float(do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
 
 

@@ -35,13 +35,13 @@ from vsrq.quant.pack import quantize_weight  # noqa: E402
 from vsrq.quant.qlinear import QuantLinear  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _gpu_run import RunLog, median_ms  # noqa: E402
+from _gpu_run import RunLog, kernel_ms  # noqa: E402
 
 EPS = 1e-6
 
 
 def ms(fn) -> float:
-    return median_ms(fn, 25, 100)
+    return kernel_ms(fn, 25, 100)
 
 
 def configs(k: int) -> list[dict]:

@@ -28,13 +28,13 @@ from vsrq.kernels import qgemm as qg  # noqa: E402
 from vsrq.quant.pack import quantize_weight  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _gpu_run import RunLog, median_ms  # noqa: E402
+from _gpu_run import RunLog, kernel_ms  # noqa: E402
 
 IMPLS = ("ptr", "tma", "persistent")
 
 
 def ms(fn) -> float:
-    return median_ms(fn, 10, 50)
+    return kernel_ms(fn, 10, 50)
 
 
 def main() -> int:
