@@ -621,6 +621,61 @@ def _qnorm_declines() -> str:
     return "ok"
 
 
+_QRES = {
+    "pertoken": dict(k=96, n=80),
+    "lowrank_gelu_lead": dict(k=64, n=48, rank=8, act="gelu_tanh", lead=(2, 3, 7)),
+    "group32_asym": dict(k=128, n=72, act_group=32, asym=True),
+}
+
+
+def _qres_case(p: dict) -> str:
+    """forward_residual (gate and residual in the GEMM epilogue, one gate vector for all rows)
+    against residual + gate * layer(x) composed on the reference path."""
+    import torch
+
+    from vsrq.quant.qlinear import QuantLinear
+
+    torch.manual_seed(p["k"] * 3 + p["n"])
+    ql = QuantLinear.from_linear(
+        torch.nn.Linear(p["k"], p["n"]), bits=4, act_bits=4, act_group_size=p.get("act_group"),
+        symmetric=not p.get("asym"), rank=p.get("rank", 0), activation=p.get("act"))
+    lead = p.get("lead", (37,))
+    x = (torch.randn(*lead, p["k"]) * 2).to(torch.bfloat16)
+    res = torch.randn(*lead, p["n"]).to(torch.bfloat16)
+    gate = torch.randn(p["n"]).to(torch.bfloat16)
+    ql.backend = "reference"
+    assert ql.forward_residual(x, gate, res) is None, "the reference backend must leave the sum to the caller"
+    ref = (res.float() + gate.float() * ql(x).float()).to(torch.bfloat16)
+    ql.backend = "triton"
+    got = ql.forward_residual(x, gate, res)
+    assert got is None or got.dtype == x.dtype
+    return _agree(got, ref, (*lead, p["n"]), "fused gate + residual vs reference")
+
+
+for _n, _p in _QRES.items():
+    case(f"quant_linear_residual[{_n}]")(lambda _p=_p: _qres_case(_p))
+
+
+@case("quant_linear_residual[declines]")
+def _qres_declines() -> str:
+    """A hooked layer, a per-token gate and a residual of another shape are left to the caller."""
+    import torch
+
+    from vsrq.quant.qlinear import QuantLinear
+
+    ql = QuantLinear.from_linear(torch.nn.Linear(64, 32), bits=4, act_bits=4)
+    ql.backend = "triton"
+    x = torch.randn(5, 64).to(torch.bfloat16)
+    res, gate = torch.randn(5, 32).to(torch.bfloat16), torch.randn(32).to(torch.bfloat16)
+    assert ql.forward_residual(x, gate, res) is not None
+    assert ql.forward_residual(x, gate.expand(5, 32), res) is None, "a per-token gate was taken"
+    assert ql.forward_residual(x, gate, res[:4]) is None, "a residual of another shape was taken"
+    handle = ql.register_forward_hook(lambda *a: None)
+    assert ql.forward_residual(x, gate, res) is None, "a hooked layer was fused (the hook would not see the plain call)"
+    handle.remove()
+    return "ok"
+
+
 # ----------------------------------------------------------------------------- runner
 
 

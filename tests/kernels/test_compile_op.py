@@ -55,6 +55,18 @@ for m, k, n, act in [(29, 96, 40, "gelu_tanh"), (7, 64, 24, "")]:
     assert torch.equal(y, ref), (m, k, n)
     torch.library.opcheck(quant_linear_op, args, test_utils=("test_schema", "test_faketensor"))
     print("ok-norm", m, k, n)
+
+# a per-channel gate vector and a residual (`forward_residual`): the op equals the eager fused path
+q = QuantLinear.from_linear(nn.Linear(64, 40), bits=4, act_bits=4)
+q.backend = "triton"
+x = torch.randn(11, 64).to(torch.bfloat16)
+gate, res = torch.randn(40).to(torch.bfloat16), torch.randn(11, 40).to(torch.bfloat16)
+ref = q.forward_residual(x, gate, res)
+args = (x, q.qweight, q.wscale, q.wzero, q.smooth, None, None, q.effective_bias(), gate, res, 64, q.packed,
+        q.symmetric, q.a_bits, 0, 0, "", q.act_clip_float)
+assert torch.equal(quant_linear_op(*args), ref)
+torch.library.opcheck(quant_linear_op, args, test_utils=("test_schema", "test_faketensor"))
+print("ok-gate")
 """
 
 
@@ -66,3 +78,4 @@ def test_compile_op_matches_the_module_and_registers_cleanly() -> None:
     out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, env=env, cwd=root, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("ok ") == 2 and out.stdout.count("ok-norm ") == 2, out.stdout
+    assert "ok-gate" in out.stdout, out.stdout

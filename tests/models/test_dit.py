@@ -201,6 +201,53 @@ def test_norm_linear_hands_the_norm_to_layers_that_can_fuse_it() -> None:
     assert torch.equal(norm_linear(gelu, one, x, activation="gelu_tanh"), want)
 
 
+def test_gated_residual_hands_gate_and_residual_to_layers_that_can_fuse_them() -> None:
+    """gated_residual gives (x, the one gate vector, the residual) to a layer with forward_residual,
+    and composes residual + gate * layer(x) when it declines or the gate differs per sample."""
+    from vsrq.models.dit import gated_residual
+
+    class Fusing(torch.nn.Linear):
+        def __init__(self, accept: bool) -> None:
+            super().__init__(8, 4)
+            self.accept, self.calls = accept, []
+
+        def forward_residual(self, x, gate, residual):
+            self.calls.append((tuple(x.shape), tuple(gate.shape), tuple(residual.shape)))
+            return torch.full(residual.shape, 7.0) if self.accept else None
+
+    torch.manual_seed(0)
+    x, res = torch.randn(1, 3, 5, 8), torch.randn(1, 3, 5, 4)
+    gate = torch.randn(1, 4)
+    layer = Fusing(True)
+    assert torch.equal(gated_residual(layer, x, gate, res), torch.full((1, 3, 5, 4), 7.0))
+    assert layer.calls == [((1, 3, 5, 8), (4,), (1, 3, 5, 4))]
+    declining = Fusing(False)
+    want = res + gate.view(1, 1, 1, 4) * torch.nn.functional.linear(x, declining.weight, declining.bias)
+    assert torch.equal(gated_residual(declining, x, gate, res), want) and len(declining.calls) == 1
+    x2, res2, gate2 = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 4), torch.randn(2, 4)
+    layer = Fusing(True)
+    want = res2 + gate2.view(2, 1, 1, 4) * torch.nn.functional.linear(x2, layer.weight, layer.bias)
+    assert torch.equal(gated_residual(layer, x2, gate2, res2), want) and layer.calls == []
+
+
+def test_block_forward_is_the_textbook_residual_form() -> None:
+    """A block is x + g1 * attn(mod(norm(x))), then + g2 * mlp(mod(norm(.))), written out here with
+    plain torch on a float32 block (the block routes both sums through gated_residual)."""
+    from vsrq.models.dit import DiTBlock, WindowLayout, modulate
+
+    torch.manual_seed(1)
+    blk = DiTBlock(24, 2, 2.0)
+    torch.nn.init.normal_(blk.adaln.weight, std=0.2)
+    layout = WindowLayout.make((2, 4, 4), (2, 4, 4), False, 12, 10000.0, torch.device("cpu"))
+    x = torch.randn(1, 1, 32, 24)
+    cond = torch.randn(1, 24)
+    s1, c1, g1, s2, c2, g2 = blk.shift_scale_gate(cond).chunk(6, dim=-1)
+    h = x + g1.view(1, 1, 1, -1) * blk.attn(modulate(blk.norm1(x), s1, c1), layout)
+    mlp = blk.mlp
+    want = h + g2.view(1, 1, 1, -1) * mlp.fc2(torch.nn.functional.gelu(mlp.fc1(modulate(blk.norm2(h), s2, c2)), approximate="tanh"))
+    assert torch.equal(blk(x, cond, layout), want)
+
+
 def test_rope_is_the_textbook_rotation() -> None:
     """rope_3d's signed table with apply_rope equals x * cos + [-x2, x1] * sin with the plain sin of
     the same angles (the window-attention reference uses apply_rope itself, so it could not tell)."""

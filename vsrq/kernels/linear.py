@@ -40,8 +40,11 @@ def quant_linear(
     """(M, K) input -> (M, N) output with int8-container weights ``w_int`` (N, K);
     ``clip_ratio`` is the activation clip ratio (DRAQ, see ``act_quant``). ``norm`` = (eps, mod):
     x is the input of a LayerNorm (+ modulation, `modulation_vectors`) that the activation kernel
-    applies itself (`norm_act_quant`; no rotation or low-rank branch then)."""
+    applies itself (`norm_act_quant`; no rotation or low-rank branch then). ``gate`` (M, N) or one
+    (N,) vector for every row (passed to the GEMM as a stride-0 view)."""
     k = x.shape[1]
+    if gate is not None and gate.dim() == 1:
+        gate = gate.view(1, -1).expand(x.shape[0], -1)
     gs = gemm_group_size(k, act_group, wscale.shape[1])
     group = act_group if act_group not in (0, k) else None
     rowsum_group = gs if wzero is not None else None

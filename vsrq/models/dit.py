@@ -246,8 +246,10 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, layout: WindowLayout, norm: "PreNorm | None" = None) -> torch.Tensor:
-        """x (B, nW, L, C) in window order -> same shape; with ``norm`` x is normalized first."""
+    def forward(self, x: torch.Tensor, layout: WindowLayout, norm: "PreNorm | None" = None,
+                gate: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, nW, L, C) in window order -> same shape; with ``norm`` x is normalized first, and
+        with ``gate`` (B, C) the result is x + gate * attention (the block's residual branch)."""
         b, nw, length, c = x.shape
         hd = c // self.heads
         qkv = self.qkv(x) if norm is None else norm_linear(self.qkv, norm, x)
@@ -261,7 +263,8 @@ class WindowAttention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v)
         else:
             out = self._masked_attention(q, k, v, b, layout)
-        return self.proj(out.view(b, nw, self.heads, length, hd).transpose(2, 3).reshape(b, nw, length, c))
+        out = out.view(b, nw, self.heads, length, hd).transpose(2, 3).reshape(b, nw, length, c)
+        return self.proj(out) if gate is None else gated_residual(self.proj, out, gate, x)
 
     @staticmethod
     def _masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b: int, layout: WindowLayout) -> torch.Tensor:
@@ -288,10 +291,10 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: torch.Tensor, norm: "PreNorm | None" = None) -> torch.Tensor:
-        if norm is None:
-            return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
-        return self.fc2(norm_linear(self.fc1, norm, x, activation="gelu_tanh"))
+    def forward(self, x: torch.Tensor, norm: "PreNorm | None" = None, gate: torch.Tensor | None = None) -> torch.Tensor:
+        """fc2(gelu(fc1(x))); ``norm`` and ``gate`` as in `WindowAttention.forward`."""
+        h = F.gelu(self.fc1(x), approximate="tanh") if norm is None else norm_linear(self.fc1, norm, x, activation="gelu_tanh")
+        return self.fc2(h) if gate is None else gated_residual(self.fc2, h, gate, x)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -330,6 +333,22 @@ def norm_linear(layer: nn.Module, pre: PreNorm, x: torch.Tensor, activation: str
     return y if activation is None else F.gelu(y, approximate="tanh")
 
 
+def gated_residual(layer: nn.Module, x: torch.Tensor, gate: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """residual + gate * layer(x), gate (B, C) one vector per sample, residual (B, ..., C).
+
+    Why not always that: a layer with a `forward_residual` method (QuantLinear on the GPU) applies
+    gate and residual in its GEMM epilogue, so its output is not written and read back once more
+    (docs/PERF.md, GPU run 9); it returns None where it cannot (CPU reference, hooks) and one
+    modulation per sample is composed here too."""
+    fused = getattr(layer, "forward_residual", None)
+    if fused is not None and gate.shape[0] == 1:
+        y = fused(x, gate[0], residual)
+        if y is not None:
+            return y
+    view = (gate.shape[0],) + (1,) * (residual.dim() - 2) + (gate.shape[1],)
+    return residual + gate.view(view) * layer(x)
+
+
 class DiTBlock(nn.Module):
     """Pre-norm transformer block with adaLN-Zero modulation (shift, scale, gate) from the timestep.
 
@@ -355,10 +374,8 @@ class DiTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None, layout: WindowLayout) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.shift_scale_gate(cond).chunk(6, dim=-1)
-        gview = (gate1.shape[0], 1, 1, -1)
-        x = x + gate1.reshape(gview) * self.attn(x, layout, PreNorm(self.norm1, shift1, scale1))
-        x = x + gate2.reshape(gview) * self.mlp(x, PreNorm(self.norm2, shift2, scale2))
-        return x
+        x = self.attn(x, layout, PreNorm(self.norm1, shift1, scale1), gate=gate1)
+        return self.mlp(x, PreNorm(self.norm2, shift2, scale2), gate=gate2)
 
 
 def _linear32(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -477,13 +477,14 @@ class QuantLinear(nn.Module):
     def forward(
         self, x: torch.Tensor, gate: torch.Tensor | None = None, residual: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """y = [act](quant_linear(x)) [* gate] [+ residual]; leading dims are flattened."""
+        """y = [act](quant_linear(x)) [* gate] [+ residual]; leading dims are flattened. ``gate`` is
+        shaped like the output or a per-channel (N,) vector (the kernels read it with stride 0)."""
         k, n = self.in_features, self.out_features
         if x.shape[-1] != k:
             raise ValueError(f"expected last dim {k}, got {x.shape[-1]}")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, k)
-        g2 = None if gate is None else gate.reshape(-1, n)
+        g2 = None if gate is None else gate if gate.shape == (n,) else gate.reshape(-1, n)
         r2 = None if residual is None else residual.reshape(-1, n)
         if torch.compiler.is_compiling() and x2.is_cuda and self.backend != "reference" and not self.binary_k:
             # one opaque op for torch.compile: the graph around it (norms, modulation, residuals)
@@ -514,6 +515,19 @@ class QuantLinear(nn.Module):
         if binary:
             y = self._add_binary(y, x2, *epilogue, x.dtype)
         return y.reshape(*lead, n)
+
+    def forward_residual(self, x: torch.Tensor, gate: torch.Tensor, residual: torch.Tensor) -> torch.Tensor | None:
+        """residual + gate * self(x) with gate (N,) one vector for every token, the gate and the
+        residual applied in the GEMM epilogue on the fp32 tile before the one rounding: the layer's
+        own output is never written and read back (`vsrq.models.dit.gated_residual`). Triton path
+        only, like `forward_normed` (the CPU reference composes the same sum itself); None where the
+        layer declines (hooks registered on it, so per-layer instrumentation sees the plain call)."""
+        n = self.out_features
+        if gate.shape != (n,) or residual.shape[-1] != n or residual.shape[:-1] != x.shape[:-1]:
+            return None
+        if self._forward_hooks or self._forward_pre_hooks or not self._use_triton(x):
+            return None
+        return self.forward(x, gate, residual)
 
     def forward_normed(self, x: torch.Tensor, eps: float, shift: torch.Tensor | None,
                        scale: torch.Tensor | None, activation: str | None = None) -> torch.Tensor | None:
