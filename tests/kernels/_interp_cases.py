@@ -409,6 +409,9 @@ _GEMM = {
     "tma_request_unaligned_k_falls_back": dict(impl="tma", m=20, n=30, k=200, bias=True),
     "persistent_channel": dict(impl="persistent", m=70, n=80, k=208, r=16, act="gelu_tanh", res=True),
     "persistent_group32": dict(impl="persistent", m=37, n=45, k=128, group=32, bias=True),
+    # one gate vector for every row, as the DiT hands it (an (M, N) view of stride 0 along M)
+    "ptr_gate_vector_ragged": dict(impl="ptr", m=37, n=45, k=200, bias=True, gate="vector", res=True),
+    "persistent_gate_vector_gelu": dict(impl="persistent", m=70, n=80, k=208, act="gelu_tanh", gate="vector", res=True),
 }
 
 
@@ -439,6 +442,8 @@ def _gemm_case(p: dict) -> str:
         gate=torch.randn(m, n, generator=g).to(torch.bfloat16) if p.get("gate") else None,
         residual=torch.randn(m, n, generator=g).to(torch.bfloat16) if p.get("res") else None,
     )
+    if p.get("gate") == "vector":
+        kw["gate"] = torch.randn(n, generator=g).to(torch.bfloat16).view(1, n).expand(m, n)
     results = []
     for out_dtype in (torch.float32, getattr(torch, p.get("out", "bfloat16"))):
         out = torch.full((m, n), float("nan"), dtype=out_dtype)

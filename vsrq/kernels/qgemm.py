@@ -132,7 +132,10 @@ def _epilogue(y, rm, rn, M, N, R, c_ptr, stride_cm, bias_ptr, h_ptr, stride_hm, 
     if ACT_GELU:
         y = _gelu_tanh(y, INTERP)
     mask = m_mask[:, None] & n_mask[None, :]
-    if HAS_GATE:
+    if HAS_GATE == 2:  # one gate vector for every row (stride 0 along M): load it once, as a vector
+        g = tl.load(gate_ptr + rn, mask=n_mask, other=0.0)
+        y = y * g.to(tl.float32)[None, :]
+    elif HAS_GATE:
         g = tl.load(gate_ptr + rm[:, None] * stride_gm + rn[None, :], mask=mask, other=0.0)
         y = y * g.to(tl.float32)
     if HAS_RES:
@@ -473,7 +476,8 @@ def qgemm(
         "res": residual if residual is not None else dummy,
         "group": group, "asym": asym, "fp8": fp8, "fp8_acc_k": int(fp8_acc_k), "has_bias": bias is not None,
         "has_lora": has_lora, "block_r": max(16, next_pow2(r)), "r": r, "gelu": activation == "gelu_tanh",
-        "has_gate": gate is not None, "has_res": residual is not None,
+        # 0: no gate, 1: an (M, N) gate, 2: one (N,) gate for every row (an (M, N) view of stride 0)
+        "has_gate": 0 if gate is None else 2 if gate.stride(0) == 0 else 1, "has_res": residual is not None,
         "strides": (
             sa.stride(0), sa.stride(1) if ga > 1 else 0, sw.stride(0), sw.stride(1) if gw > 1 else 0,
             zw.stride(0) if asym else 0, (zw.stride(1) if zw.shape[1] > 1 else 0) if asym else 0,
@@ -487,7 +491,7 @@ def qgemm(
         impl, config = ("ptr" if impl == "auto" else impl), dict(_INTERP)
     elif config is None:
         impls = (SM90_AUTO_IMPLS if _tma_ok(qa, qw) else ("ptr",)) if impl == "auto" else (impl,)
-        key = (impls, _m_bucket(m), n, k, group, asym, fp8, fp8_acc_k, has_lora, activation, gate is not None,
+        key = (impls, _m_bucket(m), n, k, group, asym, fp8, fp8_acc_k, has_lora, activation, args["has_gate"],
                residual is not None, c.dtype, str(dev))
         impl, config = _tune(impls, args, key)
     elif impl == "auto":

@@ -338,7 +338,7 @@ def gated_residual(layer: nn.Module, x: torch.Tensor, gate: torch.Tensor, residu
 
     Why not always that: a layer with a `forward_residual` method (QuantLinear on the GPU) applies
     gate and residual in its GEMM epilogue, so its output is not written and read back once more
-    (docs/PERF.md, GPU run 9); it returns None where it cannot (CPU reference, hooks) and one
+    (docs/PERF.md, GPU run 10); it returns None where it cannot (CPU reference, hooks) and one
     modulation per sample is composed here too."""
     fused = getattr(layer, "forward_residual", None)
     if fused is not None and gate.shape[0] == 1:
