@@ -4,10 +4,12 @@
     PYTHONPATH=. python3 scripts/bench_act_modes.py [--out DIR]
 
 Why: `bench_kernels.py` times the act-quant kernels with smoothing and a r=32 low-rank
-down-projection (the SVDQuant layer), where the single-pass kernel lost to the two-pass one. The
-shipped recipe `rtn-a32` (and plain RTN) has no low-rank branch, so the single-pass kernel needs no
-`tl.dot` there; this script times each mode on both kernels (q checked equal), and the whole W4A4
-layer (act-quant + int8 GEMM + bias) for those modes against cuBLAS bf16, in one run.
+down-projection (the SVDQuant layer, two-pass kernel only). The shipped recipe `rtn-a32` (and
+plain RTN) has no low-rank branch; this script times each mode with `act_quant`'s default
+dispatch (the whole-row tile kernel where it applies) and with the two-pass kernel forced (q
+checked equal), and the whole W4A4 layer (act-quant + int8 GEMM + bias) on each against cuBLAS
+bf16, in one run. (Until 2026-11-24 it compared a single-pass kernel, since removed; its logs
+are in docs/perf_logs/act-modes-*.)
 """
 
 from __future__ import annotations
@@ -59,22 +61,20 @@ def main() -> int:
         if n == k:  # the layer rows below
             modes["group32"] = {"group_size": 32}
         for name, kw in modes.items():
-            ref = act_quant(x, 4, single_pass=False, **kw)  # the single-pass rows are checked against it
-            for sp in (False, True):
-                if sp and "group_size" in kw:
-                    continue
-                got = act_quant(x, 4, single_pass=sp, **kw)
+            ref = act_quant(x, 4, two_pass=True, **kw)  # the default rows are checked against it
+            for two in (True, False):
+                got = act_quant(x, 4, two_pass=two, **kw)
                 same = torch.equal(got.q, ref.q) and torch.equal(got.scale, ref.scale)
-                t = ms(lambda: act_quant(x, 4, single_pass=sp, **kw))
-                tag = "single-pass" if sp else "two-pass"
-                log(f"  act-quant {name:10s} {tag:11s} {t:.4f} ms" + (f"  q/scale equal to two-pass: {same}" if sp else ""))
+                t = ms(lambda: act_quant(x, 4, two_pass=two, **kw))
+                tag = "two-pass" if two else "default"
+                log(f"  act-quant {name:10s} {tag:11s} {t:.4f} ms" + ("" if two else f"  q/scale equal to two-pass: {same}"))
                 rows.append({"shape": shape, "act": name, "kernel": tag, "ms": t, "equal": same})
-        for sp in (False, True):
-            aq = act_quant(x, 4, single_pass=sp)
+        for two in (True, False):
+            aq = act_quant(x, 4, two_pass=two)
             t_g = ms(lambda: qg.qgemm(aq.q, aq.scale, w4, s4, bias=bias.float(), out=out))
-            t_l = ms(lambda: qg.qgemm(*(lambda r: (r.q, r.scale))(act_quant(x, 4, single_pass=sp)), w4, s4,
+            t_l = ms(lambda: qg.qgemm(*(lambda r: (r.q, r.scale))(act_quant(x, 4, two_pass=two)), w4, s4,
                                       bias=bias.float(), out=out))
-            tag = "single-pass" if sp else "two-pass"
+            tag = "two-pass" if two else "default"
             log(f"  W4A4 (per-token act, no low-rank): GEMM+bias {t_g:.4f} ms ({t_bf16 / t_g:.2f}x); "
                 f"layer with {tag} act {t_l:.4f} ms = {t_bf16 / t_l:.2f}x bf16")
             rows.append({"shape": shape, "layer": f"plain W4A4, {tag} act", "ms": t_l, "gemm_ms": t_g,

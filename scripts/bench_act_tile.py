@@ -104,7 +104,7 @@ def main() -> int:
         log(f"M={m} K={k}: bf16 copy {t_copy:.4f} ms ({m * k * 4 / t_copy / 1e9:.2f} TB/s); act-quant floor at that "
             f"rate {t_copy * 3 / 4:.4f} ms")
         for name, kw in {"plain": {}, "group32": {"group_size": 32}}.items():
-            t2 = ms(lambda: act_quant(x, 4, single_pass=False, **kw))
+            t2 = ms(lambda: act_quant(x, 4, two_pass=True, **kw))
             t_auto = ms(lambda: act_quant(x, 4, **kw))
             log(f"  {name:8s} act_quant default dispatch (tile, {tile_config()}): {t_auto:.4f} ms")
             best = None
@@ -142,7 +142,7 @@ def main() -> int:
         t_gemm = ms(lambda: qg.qgemm(*(lambda r: (r.q, r.scale))(act_quant(x, 4)), w4, s4, bias=biasf, out=out))
         aq = act_quant(x, 4)
         t_gemm_only = ms(lambda: qg.qgemm(aq.q, aq.scale, w4, s4, bias=biasf, out=out))
-        t_plain2 = ms(lambda: qg.qgemm(*(lambda r: (r.q, r.scale))(act_quant(x, 4, single_pass=False)), w4, s4, bias=biasf, out=out))
+        t_plain2 = ms(lambda: qg.qgemm(*(lambda r: (r.q, r.scale))(act_quant(x, 4, two_pass=True)), w4, s4, bias=biasf, out=out))
         t_bf16_blk = ms(lambda: F.linear(ln_mod(), w, bias))
         t_w4_blk = ms(lambda: qg.qgemm(*(lambda r: (r.q, r.scale))(norm_act_quant(x, EPS, mod, 4)), w4, s4,
                                        bias=biasf, out=out))

@@ -12,10 +12,10 @@ Prints a table (ms, TOPS, speedup vs bf16 measured in the same run, weight bytes
     python scripts/bench_kernels.py --quick [--out DIR]     # act-quant focus, < 150 s on an H100
     TRITON_INTERPRET=1 python scripts/bench_kernels.py --sweep   # CPU dry run, tiny sizes
 
-``--quick``: only the activation-quantizer checks (reference vs single-pass vs two-pass
-kernel) and the act-quant timing rows: single-pass vs two-pass act-quant (smooth + r=32)
-at M=16384/4096, K=2560/3072, the W4A4 layer (K=N) built on each, and W4A4 through cuBLAS
-fp8 (``torch._scaled_mm`` on e4m3 operands holding the int4 values, row-wise scales), all
+``--quick``: only the activation-quantizer checks (kernels vs reference) and the act-quant
+timing rows: act-quant with smoothing + r=32 (the two-pass kernel) at M=16384/4096,
+K=2560/3072, the W4A4 layer (K=N) built on it, and W4A4 through cuBLAS fp8
+(``torch._scaled_mm`` on e4m3 operands holding the int4 values, row-wise scales), all
 with their ratio to cuBLAS bf16 ``F.linear`` timed in the same run.
 
 Timing never happens in tests; this script is the only place numbers come from.
@@ -41,7 +41,7 @@ import triton  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
 from vsrq.kernels import qgemm as qg  # noqa: E402
-from vsrq.kernels.act_quant import SINGLE_PASS_MAX_K, act_quant, row_configs, tuned_row_configs  # noqa: E402
+from vsrq.kernels.act_quant import act_quant  # noqa: E402
 from vsrq.kernels.reference import act_quant_ref, qgemm_ref  # noqa: E402
 from vsrq.kernels.unpack import unpack_int4_to_int8  # noqa: E402
 from vsrq.quant.pack import pack_int4, quantize_weight  # noqa: E402
@@ -126,14 +126,14 @@ def check(name: str, fn) -> None:
         RESULTS.append({"check": name, "ok": False, "detail": traceback.format_exc(limit=4)})
 
 
-def _act_check(m: int, k: int, **kw) -> str:
+def _act_check(m: int, k: int, two_pass: bool = False, **kw) -> str:
     x = torch.randn(m, k, device=DEV, dtype=kw.pop("dtype", torch.bfloat16)) * 3
     r = kw.pop("r", 0)
     ld = (torch.randn(k, r, device=DEV) * 0.03).to(torch.bfloat16) if r else None
     if kw.pop("smooth", False):
         kw["smooth"] = torch.rand(k, device=DEV) + 0.5
     poison = torch.full((m, k), -128, dtype=torch.int8, device=DEV)
-    got = act_quant(x, lora_down=ld, out_q=poison, **kw)
+    got = act_quant(x, lora_down=ld, out_q=poison, two_pass=two_pass, **kw)
     ref = act_quant_ref(x, lora_down=ld, **kw)
     sync()
     qmax = (1 << (kw.get("bits", 4) - 1)) - 1
@@ -206,43 +206,12 @@ def _act_inputs(m: int, k: int, dtype=torch.bfloat16, r: int = 0, smooth: bool =
     return x, ld, sm
 
 
-def _act_pair_check(m: int, k: int, dtype=torch.bfloat16, r: int = 0, smooth: bool = False, **kw) -> str:
-    """Single-pass kernel (forced) vs the reference and vs the two-pass kernel, same input."""
-    x, ld, sm = _act_inputs(m, k, dtype, r, smooth)
-    kw.update(lora_down=ld, smooth=sm)
-    poison = torch.full((m, k), -128, dtype=torch.int8, device=DEV)
-    one = act_quant(x, out_q=poison, single_pass=True, **kw)
-    two = act_quant(x, single_pass=False, **kw)
-    ref = act_quant_ref(x, **kw)
-    sync()
-    qmax = (1 << (kw.get("bits", 4) - 1)) - 1
-    assert int(one.q.min()) >= -qmax, "unwritten (poisoned) q"
-    out = []
-    for name, other in (("ref", ref), ("two-pass", two)):
-        d = (one.q.int() - other.q.int()).abs()
-        frac = float((d > 0).float().mean())
-        if kw.get("hadamard_block"):
-            assert int(d.max()) <= 1 and frac < 1e-3, f"q vs {name}: mismatch frac {frac}"
-        else:
-            assert int(d.max()) == 0, f"q vs {name}: {int((d > 0).sum())} differ"
-            assert torch.equal(one.scale, other.scale), f"scale vs {name}"
-            if other.rowsum is not None:
-                assert torch.equal(one.rowsum, other.rowsum), f"rowsum vs {name}"
-        part = f"{name}: q mismatch {frac:.1e}"
-        if ld is not None:
-            e = rel(one.lowrank.float(), other.lowrank.float())
-            assert e < 1e-2, f"lowrank vs {name} {e}"
-            part += f" lowrank {e:.1e}"
-        out.append(part)
-    return "; ".join(out)
-
-
 def _act_fp8_out_check(m: int, k: int) -> str:
     """q written straight as float8_e4m3fn (the _scaled_mm operand) equals the int8 q."""
     x, ld, sm = _act_inputs(m, k, r=32, smooth=True)
     q8 = torch.full((m, k), float("nan"), device=DEV).to(torch.float8_e4m3fn)
-    a = act_quant(x, 4, smooth=sm, lora_down=ld, single_pass=True, out_q=q8)
-    b = act_quant(x, 4, smooth=sm, lora_down=ld, single_pass=True)
+    a = act_quant(x, 4, smooth=sm, lora_down=ld, out_q=q8)
+    b = act_quant(x, 4, smooth=sm, lora_down=ld)
     sync()
     assert not torch.isnan(a.q.float()).any(), "unwritten (poisoned) q"
     assert torch.equal(a.q.float(), b.q.float()) and torch.equal(a.scale, b.scale)
@@ -250,15 +219,20 @@ def _act_fp8_out_check(m: int, k: int) -> str:
 
 
 def act_checks(quick: bool) -> None:
-    """Activation-quantizer checks of the auto path (single pass where it applies) vs the
-    reference. ``quick`` keeps one per kernel mode (each variant is a compile, seconds each);
-    the per-token modes are covered there by ``single_pass_checks`` against both paths."""
+    """Activation-quantizer checks of the default dispatch (the whole-row tile kernel where it
+    applies, else two-pass) and of the two-pass kernel forced on modes the tile kernel serves, vs
+    the reference. ``quick`` keeps one per kernel mode (each variant is a compile, seconds each)."""
+    fp8 = SMOKE or capability() >= (8, 9)
     if quick:
         check("act_quant b4 smooth+lora32 1000x3072", lambda: _act_check(S(1000), S(3072), bits=4, smooth=True, r=32))
         check("act_quant b4 group64+rowsum 1000x3072",
               lambda: _act_check(S(1000), S(3072), bits=4, group_size=64, rowsum_group=64))
         check("act_quant b4 hadamard128+lora 1000x3072",
               lambda: _act_check(S(1000), S(3072), bits=4, hadamard_block=128, r=32))
+        check("act_quant two-pass b3 smooth rowsum 555x200",
+              lambda: _act_check(S(555), 200, two_pass=True, bits=3, smooth=True, rowsum_group=0))
+        if fp8:
+            check("act_quant fp8 e4m3 q out 1000x3072", lambda: _act_fp8_out_check(S(1000), S(3072)))
         return
     for m, k in ((S(777), 200), (S(1000), S(3072))):
         check(f"act_quant b4 per-token {m}x{k}", lambda: _act_check(m, k, bits=4))
@@ -271,25 +245,13 @@ def act_checks(quick: bool) -> None:
     check("act_quant b4 per-token rowsum 777x3072", lambda: _act_check(S(777), S(3072), bits=4, rowsum_group=0))
     check("act_quant fp16 in, lora", lambda: _act_check(S(333), S(512), bits=4, dtype=torch.float16, r=16))
     check("act_quant fp32 in, hadamard", lambda: _act_check(S(333), S(512), bits=4, dtype=torch.float32, hadamard_block=128))
-
-
-def single_pass_checks(quick: bool) -> None:
-    """The single-pass kernel forced, against the reference and the two-pass kernel."""
-    check("act_quant 1-pass b4 smooth+lora32 1000x3072",
-          lambda: _act_pair_check(S(1000), S(3072), bits=4, smooth=True, r=32))
-    check("act_quant 1-pass b4 smooth+lora32 999x2560",
-          lambda: _act_pair_check(S(999), S(2560), bits=4, smooth=True, r=32))
-    check("act_quant 1-pass b8 plain 777x4096", lambda: _act_pair_check(S(777), S(4096), bits=8))
-    check("act_quant 1-pass b3 smooth rowsum 555x200",
-          lambda: _act_pair_check(S(555), 200, bits=3, smooth=True, rowsum_group=0))
-    check("act_quant 1-pass b4 fp16 lora16 rowsum64 333x512",
-          lambda: _act_pair_check(S(333), S(512), dtype=torch.float16, bits=4, r=16, rowsum_group=64))
-    check("act_quant 1-pass b4 odd K lora 513x777", lambda: _act_pair_check(S(513), 777, bits=4, r=8))
-    if not quick:  # forced: unrolled Hadamard chunks compile slowly (minutes at K=3072)
-        check("act_quant 1-pass b4 hadamard64+lora 333x512",
-              lambda: _act_pair_check(S(333), S(512), bits=4, hadamard_block=64, r=16))
-    if SMOKE or capability() >= (8, 9):
-        check("act_quant 1-pass fp8 e4m3 q out 1000x3072", lambda: _act_fp8_out_check(S(1000), S(3072)))
+    check("act_quant two-pass b8 per-token 777x4096", lambda: _act_check(S(777), S(4096), two_pass=True, bits=8))
+    check("act_quant two-pass b3 smooth rowsum 555x200",
+          lambda: _act_check(S(555), 200, two_pass=True, bits=3, smooth=True, rowsum_group=0))
+    check("act_quant two-pass b4 group32 smooth 555x192",
+          lambda: _act_check(S(555), S(192), two_pass=True, bits=4, group_size=32, smooth=True))
+    if fp8:
+        check("act_quant fp8 e4m3 q out 1000x3072", lambda: _act_fp8_out_check(S(1000), S(3072)))
 
 
 def correctness(quick: bool) -> None:
@@ -326,7 +288,6 @@ def correctness(quick: bool) -> None:
           lambda: _qlinear_check(S(999), S(1024), S(4096), bits=4, act_bits=4, group_size=64, symmetric=False,
                                  activation="gelu_tanh"))
     check("QuantLinear W8A8 4096x3072->3072", lambda: _qlinear_check(S(4096), S(3072), S(3072), bits=8, act_bits=8))
-    single_pass_checks(quick)  # last: a time-capped --checks-only run keeps the GEMM checks
 
 
 # ----------------------------------------------------------------------------- timing
@@ -475,10 +436,10 @@ def timing(shapes: list[tuple[int, int, int]], sweep: bool, budget_s: float) -> 
         row(shape, f"W4A4 GEMM only, no epilogue extras [{impl}]", t, L.ops(), t_bf16)
         t_unpack = bench(lambda: unpack_int4_to_int8(L.p4, k))
         row(shape, "int4->int8 weight unpack alone", t_unpack, L.ops(), t_bf16)
-        for sp, tag in ((None, "auto"), (False, "two-pass")):
-            t_aq = bench(lambda: act_quant(L.x, 4, smooth=L.smooth, lora_down=L.ld, single_pass=sp))
-            row(shape, f"act-quant alone (smooth + r32 down) [{tag}]", t_aq, L.ops(), t_bf16)
-            t_aq0 = bench(lambda: act_quant(L.x, 4, single_pass=sp))
+        t_aq = bench(lambda: act_quant(L.x, 4, smooth=L.smooth, lora_down=L.ld))
+        row(shape, "act-quant alone (smooth + r32 down) [two-pass]", t_aq, L.ops(), t_bf16)
+        for two, tag in ((False, "auto"), (True, "two-pass")):
+            t_aq0 = bench(lambda: act_quant(L.x, 4, two_pass=two))
             row(shape, f"act-quant alone (plain) [{tag}]", t_aq0, L.ops(), t_bf16)
         t_c = bench(lambda: w4a4_full(L, L.w4, impl, cfg))
         row(shape, f"W4A4 linear, cached int8 W [{impl}]", t_c, L.ops(), t_bf16, L.bytes_w4() * 2 / L.bytes_bf16())
@@ -547,8 +508,8 @@ QUICK_SHAPES = [(16384, 3072), (16384, 2560), (4096, 3072), (4096, 2560)]  # (M,
 
 
 def _quick_gemm() -> tuple[str, dict | None]:
-    """One fixed GEMM implementation/config for the quick rows, the same for both act-quant
-    paths: qgemm's own tuner would compile 12 variants per shape, over the time budget."""
+    """One fixed GEMM implementation/config for the quick rows: qgemm's own tuner would compile
+    12 variants per shape, over the time budget."""
     if SMOKE:
         return "ptr", None  # the interpreter's small default
     arch = "sm90" if capability()[0] >= 9 else "sm80"
@@ -572,12 +533,12 @@ class QuickLayer:
     def ops(self) -> float:
         return 2.0 * self.m * self.n * self.k
 
-    def act(self, single_pass: bool, out_q: torch.Tensor | None = None):
-        return act_quant(self.x, 4, smooth=self.smooth, lora_down=self.ld, single_pass=single_pass, out_q=out_q)
+    def act(self, out_q: torch.Tensor | None = None):
+        return act_quant(self.x, 4, smooth=self.smooth, lora_down=self.ld, out_q=out_q)
 
-    def w4a4(self, single_pass: bool, impl: str, cfg: dict | None) -> torch.Tensor:
+    def w4a4(self, impl: str, cfg: dict | None) -> torch.Tensor:
         """The W4A4 layer on our kernels: act-quant (smooth + r32 down) + GEMM (r32 up + bias)."""
-        aq = self.act(single_pass)
+        aq = self.act()
         return qg.qgemm(aq.q, aq.scale, self.w4, self.s4, bias=self.bias32, lowrank=aq.lowrank, lora_up=self.lu,
                         out=self.out, impl=impl, config=cfg)
 
@@ -596,7 +557,7 @@ class Fp8Path:
         self.L = L
         self.bias_in_mm = True
         self.q_out_fp8 = True
-        aq = L.act(True)
+        aq = L.act()
         self.a8, self.sa = aq.q.to(torch.float8_e4m3fn), aq.scale
         try:
             self.gemm(self.a8, self.sa)
@@ -606,7 +567,7 @@ class Fp8Path:
                 f"{str(e)[:160]}); bias added by a separate add_")
             self.gemm(self.a8, self.sa)  # raises if _scaled_mm itself cannot run: no fp8 rows
         try:
-            L.act(True, out_q=L.a8)
+            L.act(out_q=L.a8)
         except Exception as e:
             self.q_out_fp8 = False
             log(f"  act-quant cannot write e4m3 q ({type(e).__name__}: {str(e)[:160]}); "
@@ -619,13 +580,13 @@ class Fp8Path:
         return y if self.bias_in_mm else y.add_(L.bias)
 
     def layer(self) -> torch.Tensor:
-        """single-pass act-quant (e4m3 q) + _scaled_mm + low-rank up-projection (addmm)."""
+        """act-quant (e4m3 q) + _scaled_mm + low-rank up-projection (addmm)."""
         L = self.L
         if self.q_out_fp8:
-            aq = L.act(True, out_q=L.a8)
+            aq = L.act(out_q=L.a8)
             a8 = L.a8
         else:
-            aq = L.act(True)
+            aq = L.act()
             a8 = aq.q.to(torch.float8_e4m3fn)
         return self.gemm(a8, aq.scale).addmm_(aq.lowrank, L.lu)
 
@@ -633,7 +594,7 @@ class Fp8Path:
 def _fp8_checks(L: QuickLayer, f8: Fp8Path, shape: str) -> None:
     """_scaled_mm on the int4 integers vs our reference GEMM on the same integers."""
     def gemm_alone() -> str:
-        aq = L.act(True)
+        aq = L.act()
         y = f8.gemm(aq.q.to(torch.float8_e4m3fn), aq.scale)
         yr = qgemm_ref(aq.q, aq.scale, L.w4, L.s4, bias=L.bias32, out_dtype=torch.float32)
         e = rel(y.float(), yr)
@@ -646,17 +607,11 @@ def _fp8_checks(L: QuickLayer, f8: Fp8Path, shape: str) -> None:
         return f"rel err vs reference layer {e:.2e}"
 
     check(f"fp8 _scaled_mm W4A4 GEMM {shape}", gemm_alone)
-    check(f"fp8 layer (1-pass act + _scaled_mm + addmm) {shape}", layer)
-
-
-def _log_tuned(k: int) -> None:
-    for key, cfg in tuned_row_configs().items():
-        if key[3] == k:
-            log(f"  single-pass config tuned for M-bucket {key[2]} K={k}: {cfg}")
+    check(f"fp8 layer (act + _scaled_mm + addmm) {shape}", layer)
 
 
 def quick_timing() -> None:
-    """Act-quant single vs two pass, the W4A4 layer on each, and the cuBLAS fp8 route."""
+    """Act-quant (smooth + r32: the two-pass kernel), the W4A4 layer on it, and the cuBLAS fp8 route."""
     impl, cfg = _quick_gemm()
     log(f"== quick timing (GEMM for the layer rows: {impl} {cfg}; act-quant: smooth + r=32) ==")
     for m, k in [(S(m), S(k)) for m, k in QUICK_SHAPES]:
@@ -665,23 +620,19 @@ def quick_timing() -> None:
         t_bf16 = bench(lambda: F.linear(L.x, L.w, L.bias))
         row(shape, "cuBLAS bf16 (F.linear + bias)", t_bf16, L.ops(), t_bf16)
         floor_ms = (m * k * 3) / 3.0e12 * 1e3
-        for sp, name in ((True, "single-pass"), (False, "two-pass")):
-            t = bench(lambda: L.act(sp))
-            row(shape, f"act-quant {name} (smooth + r32)", t, L.ops(), t_bf16)
-            log(f"  ({m * k * 3 / t / 1e6:.0f} GB/s of x read + q written; floor at 3 TB/s {floor_ms:.4f} ms)")
-        _log_tuned(k)
+        t = bench(L.act)
+        row(shape, "act-quant two-pass (smooth + r32)", t, L.ops(), t_bf16)
+        log(f"  ({m * k * 3 / t / 1e6:.0f} GB/s of x read + q written; floor at 3 TB/s {floor_ms:.4f} ms)")
         L.out.fill_(float("nan"))
-        e = rel(L.w4a4(True, impl, cfg).float(), L.reference())
-        log(f"CHECK {'ok  ' if e < 1e-2 else 'FAIL'} W4A4 layer, single-pass act, {shape}: "
-            f"rel err vs reference {e:.2e}")
-        RESULTS.append({"check": f"w4a4 1-pass layer {shape}", "ok": e < 1e-2, "detail": f"{e}"})
-        aq = L.act(True)
+        e = rel(L.w4a4(impl, cfg).float(), L.reference())
+        log(f"CHECK {'ok  ' if e < 1e-2 else 'FAIL'} W4A4 layer, {shape}: rel err vs reference {e:.2e}")
+        RESULTS.append({"check": f"w4a4 layer {shape}", "ok": e < 1e-2, "detail": f"{e}"})
+        aq = L.act()
         t = bench(lambda: qg.qgemm(aq.q, aq.scale, L.w4, L.s4, bias=L.bias32, lowrank=aq.lowrank, lora_up=L.lu,
                                    out=L.out, impl=impl, config=cfg))
         row(shape, f"W4A4 GEMM only [{impl}] (+r32 +bias)", t, L.ops(), t_bf16)
-        for sp, name in ((True, "1-pass"), (False, "2-pass")):
-            t = bench(lambda: L.w4a4(sp, impl, cfg))
-            row(shape, f"W4A4 linear, {name} act + GEMM [{impl}]", t, L.ops(), t_bf16)
+        t = bench(lambda: L.w4a4(impl, cfg))
+        row(shape, f"W4A4 linear, act + GEMM [{impl}]", t, L.ops(), t_bf16)
         try:
             f8 = Fp8Path(L)
         except Exception as e:
@@ -692,7 +643,7 @@ def quick_timing() -> None:
             t = bench(lambda: f8.gemm(a8, sa))
             row(shape, "cuBLAS fp8 _scaled_mm W4A4 (row-wise scales)", t, L.ops(), t_bf16)
             t = bench(f8.layer)
-            row(shape, "1-pass act (e4m3 q) + _scaled_mm + addmm r32", t, L.ops(), t_bf16)
+            row(shape, "act (e4m3 q) + _scaled_mm + addmm r32", t, L.ops(), t_bf16)
         log(f"  (elapsed {elapsed():.0f} s)")
         L = None  # noqa: F841
         if not SMOKE:
@@ -704,21 +655,17 @@ def act_sweep(m: int, k: int) -> None:
     x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16)
     sm = torch.rand(k, device=DEV) + 0.5
     ld = (torch.randn(k, 32, device=DEV) * 0.03).to(torch.bfloat16)
-    ref = act_quant(x, 4, smooth=sm, lora_down=ld, single_pass=False)
+    ref = act_quant(x, 4, smooth=sm, lora_down=ld)
     floor_ms = (m * k * 2 + m * k) / 3.0e12 * 1e3
-    cands = [(False, {"BLOCK_M": bm, "BLOCK_K": bk, "num_warps": nw})
-             for bm in (16, 32, 64) for bk in (128, 256) for nw in (4, 8)]
-    if k <= SINGLE_PASS_MAX_K:
-        arch = "sm90" if capability()[0] >= 9 else "sm80"
-        cands += [(True, c) for c in row_configs(arch, True)]
-    for sp, cfg in cands:
-        tag = f"{'1-pass' if sp else '2-pass'} {cfg['BLOCK_M']:3d}x{cfg['BLOCK_K']:4d} w{cfg['num_warps']:2d}"
+    cands = [{"BLOCK_M": bm, "BLOCK_K": bk, "num_warps": nw} for bm in (16, 32, 64) for bk in (128, 256) for nw in (4, 8)]
+    for cfg in cands:
+        tag = f"2-pass {cfg['BLOCK_M']:3d}x{cfg['BLOCK_K']:4d} w{cfg['num_warps']:2d}"
         try:
-            got = act_quant(x, 4, smooth=sm, lora_down=ld, config=cfg, single_pass=sp)
+            got = act_quant(x, 4, smooth=sm, lora_down=ld, config=cfg)
             if not torch.equal(got.q, ref.q):
                 log(f"CHECK FAIL act-quant {tag}: q differs from the two-pass default's")
                 continue
-            t = bench(lambda: act_quant(x, 4, smooth=sm, lora_down=ld, config=cfg, single_pass=sp), rep=50)
+            t = bench(lambda: act_quant(x, 4, smooth=sm, lora_down=ld, config=cfg), rep=50)
             log(f"  act {tag}: {t:.4f} ms ({(m * k * 3) / t / 1e6:.0f} GB/s; floor@3TB/s {floor_ms:.4f})")
         except Exception as e:
             log(f"  act {tag} failed: {type(e).__name__}: {str(e)[:150]}")
@@ -728,7 +675,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sweep", action="store_true", help="time every GEMM config and act-quant launch shape")
     ap.add_argument("--quick", action="store_true",
-                    help="act-quant checks + single/two-pass, layer and cuBLAS fp8 timing rows only (< 150 s)")
+                    help="act-quant checks + act-quant, layer and cuBLAS fp8 timing rows only (< 150 s)")
     ap.add_argument("--main-shapes", action="store_true", help="only the two main shapes")
     ap.add_argument("--checks-only", action="store_true", help="run the correctness checks, no timing")
     ap.add_argument("--skip-checks", action="store_true",
@@ -757,7 +704,6 @@ def main() -> int:
     if args.quick:
         log("== act-quant correctness (GPU, fresh random inputs, poisoned outputs) ==")
         act_checks(True)
-        single_pass_checks(True)
         log(f"  (checks done at {elapsed():.0f} s)")
         quick_timing()
         return summary(out)

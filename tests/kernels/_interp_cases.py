@@ -73,6 +73,9 @@ _ACT = {
                                               heavy=True),
     "clip055_group32_rowsum_lora": dict(m=21, k=192, bits=4, group_size=32, rowsum_group=32, r=16, clip=0.55,
                                         heavy=True),
+    # rows of a wider buffer (row stride != K, data pointer offset), and a pinned two-pass launch shape
+    "smooth_k320_strided": dict(m=18, k=320, bits=4, smooth=True, pad_cols=24),
+    "lora16_config_32x16": dict(m=45, k=96, bits=4, r=16, config=dict(BLOCK_M=32, BLOCK_K=16, num_warps=4)),
 }
 
 
@@ -81,11 +84,11 @@ def _act_case(p: dict) -> str:
     from vsrq.kernels.act_quant import tile_serves
 
     tile = tile_serves(p["k"], p.get("group_size"), p.get("rowsum_group"), p.get("hadamard_block", 0), p.get("r", 0))
-    runs = (("auto (tile)", None), ("two-pass", False)) if tile else (("auto (two-pass)", None),)
-    return "; ".join(f"{tag}: {_act_case_one(p, sp)}" for tag, sp in runs)
+    runs = (("auto (tile)", False), ("two-pass", True)) if tile else (("auto (two-pass)", False),)
+    return "; ".join(f"{tag}: {_act_case_one(p, two)}" for tag, two in runs)
 
 
-def _act_case_one(p: dict, single_pass: bool | None) -> str:
+def _act_case_one(p: dict, two_pass: bool) -> str:
     import torch
 
     from vsrq.kernels.act_quant import act_quant
@@ -96,23 +99,28 @@ def _act_case_one(p: dict, single_pass: bool | None) -> str:
     if p.get("heavy"):  # heavy-tailed tokens (a normal over a uniform): clipping saturates some
         g = torch.Generator().manual_seed(p["k"])
         x = (torch.randn(p["m"], p["k"], generator=g) / (torch.rand(p["m"], p["k"], generator=g) + 0.05)).to(dtype)
+    if p.get("pad_cols"):  # rows of a wider buffer: row stride != K, data pointer offset
+        wide = torch.zeros(p["m"], p["k"] + p["pad_cols"], dtype=dtype)
+        wide[:, 8:8 + p["k"]] = x
+        x = wide[:, 8:8 + p["k"]]
     clip = p.get("clip", 1.0)
     kw = dict(
         bits=p["bits"], group_size=p.get("group_size"), smooth=sm if p.get("smooth") else None,
         hadamard_block=p.get("hadamard_block", 0), lora_down=ld, rowsum_group=p.get("rowsum_group"),
-        clip_ratio=clip, single_pass=single_pass,
+        clip_ratio=clip,
     )
     qmax = (1 << (p["bits"] - 1)) - 1
     poison = torch.full((p["m"], p["k"]), -128, dtype=torch.int8)
-    got = act_quant(x, out_q=poison, **kw)
-    ref = act_quant_ref(x, **{k: v for k, v in kw.items() if k != "single_pass"})
+    kern = dict(two_pass=two_pass, config=p.get("config"))
+    got = act_quant(x, out_q=poison, **kw, **kern)
+    ref = act_quant_ref(x, **kw)
     if clip == 1.0:
         # |q| <= qmax by construction (scale = absmax / qmax), so -128 marks an unwritten value
         assert int(got.q.min()) >= -qmax, "unwritten (poisoned) q values"
     else:
         # clipped: -qmax-1 is reachable (and is -128 at 8 bits), so poison twice, differently
         assert int(ref.q.min()) == -qmax - 1 or int(ref.q.max()) == qmax, "the clip saturated nothing"
-        again = act_quant(x, out_q=torch.full((p["m"], p["k"]), 127, dtype=torch.int8), **kw)
+        again = act_quant(x, out_q=torch.full((p["m"], p["k"]), 127, dtype=torch.int8), **kw, **kern)
         assert torch.equal(again.q, got.q), "unwritten (poisoned) q values"
     diff = (got.q.to(torch.int16) - ref.q.to(torch.int16)).abs()
     rotated = bool(p.get("hadamard_block"))
@@ -138,89 +146,10 @@ for _n, _p in _ACT.items():
     case(f"act_quant[{_n}]")(lambda _p=_p: _act_case(_p))
 
 
-# ----------------------------------------------------------------------------- act_quant, single pass
-# The row-resident kernel (forced with single_pass=True) against the reference and against
-# the two-pass kernel on the same input: ragged M, K not a power of two (and odd K, where
-# 16-bit x is not packed in words), smoothing, Hadamard, low-rank, row sums, bits 3/4/8,
-# fp16/fp32 inputs, DRAQ clipping, several chunk widths and row-block heights.
-
-_ACT_SP = {
-    "b4_ragged_k200": dict(m=37, k=200, bits=4),
-    "b8_k96": dict(m=19, k=96, bits=8),
-    "b3_m1_k64": dict(m=1, k=64, bits=3),
-    "smooth_lora_k200": dict(m=37, k=200, bits=4, smooth=True, r=20),
-    "smooth_lora32_k384_3072ish": dict(m=21, k=384, bits=4, smooth=True, r=32),
-    "smooth_lora32_k320_2560ish_strided": dict(m=18, k=320, bits=4, smooth=True, r=32, pad_cols=24),
-    "hadamard64_lora": dict(m=37, k=192, bits=4, hadamard_block=64, r=8),
-    "hadamard128_smooth_b8": dict(m=18, k=256, bits=8, hadamard_block=128, smooth=True),
-    "fp16_lora32": dict(m=25, k=160, bits=4, r=32, dtype="float16"),
-    "fp32_smooth_rowsum": dict(m=23, k=200, bits=4, smooth=True, rowsum_group=0, dtype="float32"),
-    "odd_k131_lora": dict(m=9, k=131, bits=4, r=8),
-    "rowsum_total_b3": dict(m=37, k=200, bits=3, rowsum_group=0),
-    "rowsum_group64_lora": dict(m=37, k=192, bits=4, rowsum_group=64, r=16),
-    "clip070_heavy_smooth": dict(m=37, k=200, bits=4, clip=0.7, heavy=True, smooth=True),
-    "chunk16_rows32_lora": dict(m=45, k=96, bits=4, r=16, config=dict(BLOCK_M=32, BLOCK_K=16, num_warps=4)),
-    "rows2_k300_b8": dict(m=7, k=300, bits=8, config=dict(BLOCK_M=2, BLOCK_K=128, num_warps=4)),
-}
-
-
-def _act_single_pass_case(p: dict) -> str:
-    import torch
-
-    from vsrq.kernels.act_quant import act_quant
-    from vsrq.kernels.reference import act_quant_ref
-
-    dtype = getattr(torch, p.get("dtype", "bfloat16"))
-    x, ld, sm = _lin_inputs(p["m"], p["k"], dtype, p.get("r", 0), seed=p["m"] * 11 + p["k"])
-    if p.get("heavy"):
-        g = torch.Generator().manual_seed(p["k"] + 1)
-        x = (torch.randn(p["m"], p["k"], generator=g) / (torch.rand(p["m"], p["k"], generator=g) + 0.05)).to(dtype)
-    if p.get("pad_cols"):  # rows of a wider buffer: row stride != K, data pointer offset
-        wide = torch.zeros(p["m"], p["k"] + p["pad_cols"], dtype=dtype)
-        wide[:, 8:8 + p["k"]] = x
-        x = wide[:, 8:8 + p["k"]]
-    kw = dict(
-        bits=p["bits"], smooth=sm if p.get("smooth") else None, hadamard_block=p.get("hadamard_block", 0),
-        lora_down=ld, rowsum_group=p.get("rowsum_group"), clip_ratio=p.get("clip", 1.0),
-    )
-    one = act_quant(x, out_q=torch.full((p["m"], p["k"]), -128, dtype=torch.int8), single_pass=True,
-                    config=p.get("config"), **kw)
-    two = act_quant(x, out_q=torch.full((p["m"], p["k"]), 127, dtype=torch.int8), single_pass=True,
-                    config=p.get("config"), **kw)
-    assert torch.equal(one.q, two.q), "unwritten (poisoned) q values"
-    ref = act_quant_ref(x, **kw)
-    old = act_quant(x, single_pass=False, **kw)
-    rotated = bool(p.get("hadamard_block"))
-    diffs = []
-    for name, other in (("reference", ref), ("two-pass kernel", old)):
-        d = (one.q.to(torch.int16) - other.q.to(torch.int16)).abs()
-        diffs.append(int(d.max()))
-        if rotated:  # summation order of the rotation may move a value across a rounding edge
-            assert int(d.max()) <= 1 and float((d > 0).float().mean()) <= 0.01, f"q vs {name}: {int(d.sum())}"
-            assert _rel(one.scale, other.scale) < 1e-5, f"scale vs {name}"
-        else:
-            assert int(d.max()) == 0, f"{int((d > 0).sum())} q values differ from the {name}"
-            assert torch.equal(one.scale, other.scale), f"scales differ from the {name}"
-        if other.rowsum is not None and not rotated:
-            assert torch.equal(one.rowsum, other.rowsum), f"row sums differ from the {name}"
-        if ld is not None:
-            e = _rel(one.lowrank.float(), other.lowrank.float())
-            assert e < 1e-2, f"low-rank vs {name}: rel err {e}"
-    if ref.rowsum is not None:
-        gs = p["rowsum_group"] or p["k"]
-        own = one.q.to(torch.int32).reshape(p["m"], -1, gs).sum(-1)
-        assert torch.equal(one.rowsum, own), "row sums disagree with the kernel's own q"
-    return f"max|dq| vs ref/two-pass = {diffs[0]}/{diffs[1]}"
-
-
-for _n, _p in _ACT_SP.items():
-    case(f"act_quant_single_pass[{_n}]")(lambda _p=_p: _act_single_pass_case(_p))
-
-
-@case("act_quant_single_pass[dispatch]")
+@case("act_quant_dispatch")
 def _act_dispatch() -> str:
-    """act_quant(single_pass=None) runs the tile kernel where it applies, else the two-pass kernel
-    (the single-pass kernel only when forced)."""
+    """act_quant runs the tile kernel where it applies, else (or with two_pass=True, or a config
+    without ROWS) the two-pass kernel."""
     import torch
 
     import vsrq.kernels.act_quant as aq
@@ -228,9 +157,9 @@ def _act_dispatch() -> str:
     seen: list[str] = []
     real, real_tile = aq._launch, aq._launch_tile
 
-    def spy(p, o, cfg, single_pass):
-        seen.append("single" if single_pass else "two-pass")
-        return real(p, o, cfg, single_pass)
+    def spy(p, o, cfg):
+        seen.append("two-pass")
+        return real(p, o, cfg)
 
     def spy_tile(*a):
         seen.append("tile")
@@ -248,8 +177,7 @@ def _act_dispatch() -> str:
             "per-group rowsum": (dict(group_size=64, rowsum_group=64), "tile"),
             "hadamard": (dict(hadamard_block=64), "two-pass"),
             "two-pass config": (dict(config={"BLOCK_M": 16, "BLOCK_K": 64, "num_warps": 4}), "two-pass"),
-            "forced two-pass": (dict(single_pass=False), "two-pass"),
-            "forced single pass": (dict(single_pass=True), "single"),
+            "forced two-pass": (dict(two_pass=True), "two-pass"),
         }
         for name, (kw, want) in expect.items():
             seen.clear()
@@ -261,12 +189,6 @@ def _act_dispatch() -> str:
         assert seen == ["two-pass"], f"K > {aq.TILE_MAX_K}: ran {seen}"
     finally:
         aq._launch, aq._launch_tile = real, real_tile
-    for bad in (dict(group_size=64), ):
-        try:
-            aq.act_quant(x, 4, single_pass=True, **bad)
-        except ValueError:
-            continue
-        raise AssertionError(f"single_pass=True with {bad} did not raise")
     try:
         aq.norm_act_quant(x, 1e-6, rowsum_group=64)
     except ValueError:

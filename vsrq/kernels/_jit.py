@@ -51,20 +51,6 @@ def mul_rn(a, b, INTERP: tl.constexpr):
 
 
 @triton.jit
-def opaque_i32(w, INTERP: tl.constexpr):
-    """An int32 tensor the compiler cannot prove equal to ``w`` (an inline-asm move).
-
-    Why: a kernel that recomputes values from resident packed words (to keep registers
-    low) would otherwise get the first computation's wide results reused by common-
-    subexpression elimination, keeping them live instead. The interpreter has no inline
-    asm and no CSE, so there it is the identity.
-    """
-    if INTERP:
-        return w
-    return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [w], dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
 def round_clamp(xf, inv_full, QMAX: tl.constexpr, INTERP: tl.constexpr):
     """q = clamp(floor(x * (1/s) + 0.5), -QMAX-1, QMAX); the multiply is an explicit mul.rn so
     the multiply and the add round separately, exactly as in torch (no FMA)."""

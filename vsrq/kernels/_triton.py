@@ -163,8 +163,3 @@ def tune_once(key: tuple, candidates: Sequence[T], launch: Callable[[T], None]) 
     if not interpreting():
         _remember(key, _as_json(best))
     return best
-
-
-def tuned_items() -> list[tuple[tuple, object]]:
-    """(key, winner) pairs tuned so far in this process: lets benchmarks print the choices."""
-    return list(_TUNED.items())

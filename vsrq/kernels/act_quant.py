@@ -5,14 +5,14 @@ the 16-bit activation (smoothing, block Hadamard rotation, per-token/per-group a
 rounding, the zero-point row sums and the low-rank down-projection x_hat @ L_down)
 happens here, in one kernel, instead of in the GEMM's main loop or in 4-5 torch ops.
 
-Three kernels; ``act_quant`` picks one:
+Two kernels; ``act_quant`` picks one:
 * whole-row tile (`act_quant_tile.py`, the default where it applies: no rotation, no low-rank
   branch, K <= 16384): one row per program, x read once, at the copy rate on the H100;
-* two pass (any mode, the default for rotations and low-rank branches): per row block, absmax +
-  low-rank over K, then a second pass re-reads the block to quantize (2-3x over the memory floor
-  on the H100). Per-group mode needs no second pass;
-* single pass (row-resident, K <= 4096, only when forced): a few rows kept in registers while
-  absmax, low-rank and rounding run over them; measured slower than two-pass.
+* two pass (any mode; the one for rotations and low-rank branches, and forced with
+  ``two_pass=True``): per row block, absmax + low-rank over K, then a second pass re-reads the
+  block to quantize (2-3x over the memory floor on the H100). Per-group mode needs no second pass.
+(A row-resident single-pass kernel was removed on 2026-11-24: slower than two-pass on the H100
+and superseded by the tile kernel; docs/PERF.md, GPU runs 3-5.)
 Numerics: :func:`vsrq.kernels.reference.act_quant_ref`, including the
 DRAQ clip ratio (a runtime fp32 argument: scale = div_rn(absmax * clip, qmax)).
 """
@@ -25,20 +25,19 @@ import torch
 import triton
 import triton.language as tl
 
-from vsrq.kernels._jit import cast16, dot16, mul_rn, opaque_i32, round_clamp, safe_scale
-from vsrq.kernels._triton import capability, device_index, interpreting, next_pow2, tune_once, tuned_items
+from vsrq.kernels._jit import cast16, dot16, mul_rn, round_clamp, safe_scale
+from vsrq.kernels._triton import capability, device_index, interpreting, next_pow2
 from vsrq.kernels.act_quant_tile import TILE_MAX_K, launch_tile
 from vsrq.kernels.reference import ActQuantResult, hadamard_matrix, hadamard_scale
 from vsrq.quant.pack import check_clip_ratio
 
-__all__ = ["act_quant", "norm_act_quant", "tile_applies", "tile_serves", "row_configs", "row_chunk", "tuned_row_configs", "SINGLE_PASS_MAX_K"]
+__all__ = ["act_quant", "norm_act_quant", "tile_applies", "tile_serves"]
 
 
 @triton.jit
 def _rotate(xf, x, had_ptr, rb, had_scale, BLOCK_K: tl.constexpr, HAD_SPLIT: tl.constexpr, INTERP: tl.constexpr):
     """Block Hadamard rotation of one (BLOCK_M, BLOCK_K) chunk: xf (fp32, smoothed) or, when
-    HAD_SPLIT is off (16-bit x, no smoothing), x itself through 16-bit tensor cores.
-    Shared by both kernels, so their x_hat are the same operations."""
+    HAD_SPLIT is off (16-bit x, no smoothing), x itself through 16-bit tensor cores."""
     # block-diagonal +-1 matrix of size BLOCK_K (kron(I, H_b)); exact in 16-bit
     h = tl.load(had_ptr + rb[:, None] * BLOCK_K + rb[None, :])
     if HAD_SPLIT:
@@ -157,130 +156,6 @@ def _act_quant_kernel(
                  mask=m_mask[:, None] & (rr < R)[None, :])
 
 
-@triton.jit
-def _row_xhat(w, rm, k0, K, smooth_ptr, had_ptr, had_scale,
-              BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, X16: tl.constexpr, HAS_SMOOTH: tl.constexpr,
-              HAD: tl.constexpr, HAD_SPLIT: tl.constexpr, INTERP: tl.constexpr):
-    """x_hat (fp32) of one resident chunk (loaded words ``w``) of the single-pass kernel.
-
-    1/smooth is loaded in the chunk's own 2-D shape (the repeats over rows hit L1): a 1-D
-    load broadcast over rows was re-laid out through shared memory, a barrier per chunk."""
-    rb = tl.arange(0, BLOCK_K)
-    xf = _unpack16(opaque_i32(w, INTERP) if X16 else w, BLOCK_M, BLOCK_K, X16)
-    if HAS_SMOOTH:
-        rk = k0 + rb + rm[:, None] * 0
-        xf = mul_rn(xf, tl.load(smooth_ptr + rk, mask=rk < K, other=1.0), INTERP)
-    if HAD:  # with HAD_SPLIT off, xf holds the 16-bit x exactly
-        xf = _rotate(xf, xf, had_ptr, rb, had_scale, BLOCK_K, HAD_SPLIT, INTERP)
-    return xf
-
-
-@triton.jit
-def _unpack16(w, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, X16: tl.constexpr):
-    """fp32 (BLOCK_M, BLOCK_K) from (BLOCK_M, BLOCK_K // 2) int32 words holding 16-bit pairs
-    (X16: 1 bf16, 2 fp16; 0: ``w`` is already x). Why: a resident 16-bit tensor costs one
-    32-bit register per element; packed words cost half (the row block is the pressure)."""
-    if X16 == 0:
-        xf = w.to(tl.float32)
-    else:
-        if X16 == 1:  # bf16 -> fp32 is exact: the 16 bits become the top half
-            lo = (w << 16).to(tl.float32, bitcast=True)
-            hi = (w & -65536).to(tl.float32, bitcast=True)
-        else:
-            lo = (w & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-            hi = (w >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-        xf = tl.reshape(tl.join(lo, hi), (BLOCK_M, BLOCK_K))  # pairs are adjacent columns
-    return xf
-
-
-@triton.jit
-def _lowrank_split(xf, hacc, ld_ptr, stride_ldk, k0, K, R,
-                   BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, SPLIT: tl.constexpr,
-                   INTERP: tl.constexpr):
-    """hacc (SPLIT, BLOCK_M, BLOCK_R) += x_hat chunk @ L_down chunk, split along K into SPLIT
-    batched products: with only BLOCK_M=16 rows a plain dot has 1 x 4 MMA tiles, so most
-    warps would hold (and re-read) the whole chunk; the batch spreads K over the warps."""
-    C: tl.constexpr = BLOCK_K // SPLIT
-    a = tl.permute(tl.reshape(cast16(xf, ld_ptr.dtype.element_ty, INTERP), (BLOCK_M, SPLIT, C)), (1, 0, 2))
-    rs = tl.arange(0, SPLIT)
-    rc = tl.arange(0, C)
-    rr = tl.arange(0, BLOCK_R)
-    rk = k0 + rs[:, None, None] * C + rc[None, :, None]
-    ld = tl.load(ld_ptr + rk * stride_ldk + rr[None, None, :], mask=(rk < K) & (rr < R)[None, None, :], other=0.0)
-    return dot16(a, ld, hacc, INTERP)
-
-
-@triton.jit
-def _act_quant_row_kernel(
-    x_ptr, smooth_ptr, had_ptr, ld_ptr, q_ptr, s_ptr, rs_ptr, h_ptr,
-    M, K, R,
-    stride_xm, stride_ldk, stride_qm, stride_sm, stride_rsm, stride_hm,
-    had_scale, clip,
-    QMAX: tl.constexpr, RS_GROUP: tl.constexpr,
-    HAS_SMOOTH: tl.constexpr, HAD: tl.constexpr, HAD_SPLIT: tl.constexpr,
-    HAS_LORA: tl.constexpr, WANT_ROWSUM: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, N_CHUNKS: tl.constexpr, BLOCK_R: tl.constexpr,
-    SPLIT: tl.constexpr, X16: tl.constexpr, INTERP: tl.constexpr,
-):
-    """Per-token quantization with the whole row block resident: x is read from memory once.
-
-    The N_CHUNKS chunks of BLOCK_K columns are unrolled at compile time and stay in
-    registers as loaded: 16-bit x as int32 words holding two values (X16), a quarter of
-    the registers fp32 x_hat would take. x_hat is recomputed from them for rounding: the
-    same operations on the same values, hence the same bits the absmax step saw.
-    """
-    pid = tl.program_id(0)
-    rm = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_mask = rm < M
-    rb = tl.arange(0, BLOCK_K)
-    rr = tl.arange(0, BLOCK_R)
-    # 1. issue every load of the row block before any use (memory-level parallelism)
-    W: tl.constexpr = BLOCK_K // 2 if X16 else BLOCK_K  # loaded words per chunk row
-    rw = tl.arange(0, W)
-    kw = K // 2 if X16 else K
-    xs = ()
-    for j in tl.static_range(N_CHUNKS):
-        cw = j * W + rw
-        xs = xs + (tl.load(x_ptr + rm[:, None] * stride_xm + cw[None, :],
-                           mask=m_mask[:, None] & (cw < kw)[None, :], other=0),)
-    # 2. per-token absmax and the low-rank down-projection
-    # (elementwise max over the chunks, one cross-thread reduction at the end)
-    amax_t = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
-    hacc = tl.zeros((SPLIT, BLOCK_M, BLOCK_R), dtype=tl.float32)
-    for j in tl.static_range(N_CHUNKS):
-        xf = _row_xhat(xs[j], rm, j * BLOCK_K, K, smooth_ptr, had_ptr, had_scale,
-                       BLOCK_M, BLOCK_K, X16, HAS_SMOOTH, HAD, HAD_SPLIT, INTERP)
-        amax_t = tl.maximum(amax_t, tl.abs(xf))
-        if HAS_LORA:
-            hacc = _lowrank_split(xf, hacc, ld_ptr, stride_ldk, j * BLOCK_K, K, R,
-                                  BLOCK_M, BLOCK_K, BLOCK_R, SPLIT, INTERP)
-    scale, inv = safe_scale(tl.max(amax_t, axis=1), clip, QMAX)
-    tl.store(s_ptr + rm * stride_sm, scale, mask=m_mask)
-    if HAS_LORA:
-        h = tl.sum(hacc, axis=0)
-        tl.store(h_ptr + rm[:, None] * stride_hm + rr[None, :], cast16(h, h_ptr.dtype.element_ty, INTERP),
-                 mask=m_mask[:, None] & (rr < R)[None, :])
-    # 3. quantize the resident chunks
-    inv_full = tl.broadcast_to(inv[:, None], (BLOCK_M, BLOCK_K))
-    rs_t = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.int32)
-    for j in tl.static_range(N_CHUNKS):
-        rk = j * BLOCK_K + rb
-        xf = _row_xhat(xs[j], rm, j * BLOCK_K, K, smooth_ptr, had_ptr, had_scale,
-                       BLOCK_M, BLOCK_K, X16, HAS_SMOOTH, HAD, HAD_SPLIT, INTERP)
-        q = round_clamp(xf, inv_full, QMAX, INTERP)
-        tl.store(q_ptr + rm[:, None] * stride_qm + rk[None, :], q.to(q_ptr.dtype.element_ty),
-                 mask=m_mask[:, None] & (rk < K)[None, :])
-        if WANT_ROWSUM:
-            qi = q.to(tl.int32)  # masked columns are 0
-            if RS_GROUP == 0:
-                rs_t += qi  # integers: the order of the sums does not matter
-            else:
-                _store_group_sums(rs_ptr, stride_rsm, qi, rm, m_mask, j * BLOCK_K, K, RS_GROUP, BLOCK_K)
-    if WANT_ROWSUM:
-        if RS_GROUP == 0:
-            tl.store(rs_ptr + rm * stride_rsm, tl.sum(rs_t, axis=1), mask=m_mask)
-
-
 # ----------------------------------------------------------------------------- launch configs
 
 # Two-pass kernel defaults, by architecture. sm90: the best of the 12-shape sweep on the H100
@@ -291,42 +166,6 @@ _DEFAULTS = {
     "sm80": {"BLOCK_M": 32, "BLOCK_K": 128, "num_warps": 4},
     "interp": {"BLOCK_M": 16, "BLOCK_K": 64, "num_warps": 4},
 }
-
-# Single-pass (row-resident) kernel: candidates (BLOCK_M, BLOCK_K = chunk width, num_warps).
-# Chosen from compile-only register reports (triton 3.6, sm_90, K=2560/3072/4096, bf16 x,
-# smooth + r=32; docs/PERF.md): the resident row block costs BLOCK_M*K/2 words over the
-# threads, so the low-rank modes (tl.dot needs >= 16 rows) run 16 rows on 16 warps (128
-# registers, 0-64 B of spills), and the dot-free modes few rows on 4-8 warps (56-178
-# registers, no spills, several programs per SM). The same lists compile alike for sm_80.
-# Not timed yet; the one-time tuner picks.
-SINGLE_PASS_MAX_K = 4096
-_ROW_CONFIGS = {
-    ("sm90", True): [(16, 256, 16), (16, 512, 16), (16, 256, 8)],
-    ("sm90", False): [(4, 512, 4), (8, 512, 8), (2, 1024, 4)],
-    ("sm80", True): [(16, 256, 16), (16, 512, 16), (16, 256, 8)],
-    ("sm80", False): [(4, 512, 4), (8, 512, 8), (2, 1024, 4)],
-    ("interp", True): [(16, 64, 4)],
-    ("interp", False): [(4, 64, 4)],
-}
-_ROW_WORDS_MAX = 64  # resident 32-bit words per thread (half of a 16-warp thread's 128 registers)
-_MAX_CHUNKS = 64  # unroll limit (compile time grows with it)
-_TUNE_MIN_M = 2048  # below this the first candidate is used untimed (one compile, not three)
-
-
-def row_configs(arch: str, needs_dot: bool) -> list[dict]:
-    """Candidate single-pass launch configs (BLOCK_M, BLOCK_K = chunk width, num_warps)."""
-    return [{"BLOCK_M": bm, "BLOCK_K": bk, "num_warps": w} for bm, bk, w in _ROW_CONFIGS[(arch, needs_dot)]]
-
-
-def row_chunk(k: int, cap: int, floor: int = 16) -> int:
-    """Chunk width: the widest power of two in [floor, cap] whose padded row (K rounded up to
-    whole chunks) is at most 9/8 of the shortest padded row any width gives: fewer unrolled
-    steps, little waste. K=3072 or 2560, cap 512: 512; K=200: 32 (7 chunks, 224 columns)."""
-    top = max(floor, min(cap, next_pow2(k)))
-    widths = [floor << i for i in range((top // floor).bit_length()) if floor << i <= top]
-    least = min(-(-k // c) * c for c in widths)
-    return max(c for c in widths if -(-k // c) * c * 8 <= least * 9)
-
 
 _HAD_CACHE: dict[tuple, torch.Tensor] = {}
 
@@ -345,7 +184,7 @@ def _blockdiag_hadamard(block: int, size: int, dtype: torch.dtype, device: torch
 
 @dataclass
 class _Plan:
-    """Validated arguments of one act_quant call (what both launch paths need)."""
+    """Validated arguments of one act_quant call (what both kernels' launches need)."""
 
     m: int
     k: int
@@ -358,11 +197,6 @@ class _Plan:
     has_smooth: bool
     clip: float
     arch: str
-
-    @property
-    def needs_dot(self) -> bool:
-        """Low-rank and Hadamard use tl.dot, whose M dimension must be >= 16 rows."""
-        return self.r > 0 or self.hadamard_block > 0
 
 
 def _plan(x: torch.Tensor, bits: int, group_size: int | None, smooth: torch.Tensor | None,
@@ -394,7 +228,7 @@ def _plan(x: torch.Tensor, bits: int, group_size: int | None, smooth: torch.Tens
                  smooth is not None, clip, arch)
 
 
-def _chunk_width(p: _Plan, cfg: dict, single_pass: bool) -> int:
+def _chunk_width(p: _Plan, cfg: dict) -> int:
     """BLOCK_K: whole groups / Hadamard blocks / row-sum groups per chunk.
 
     With groups or a Hadamard rotation the chunk stays small: the Hadamard dot costs
@@ -402,44 +236,8 @@ def _chunk_width(p: _Plan, cfg: dict, single_pass: bool) -> int:
     floor = 32 if p.arch == "interp" else 64
     if p.group or p.hadamard_block:
         return max(p.group, p.hadamard_block, p.rs_group, floor)
-    if single_pass:
-        return row_chunk(p.k, max(int(cfg["BLOCK_K"]), p.rs_group), max(16, p.rs_group))
     block_k = max(int(cfg["BLOCK_K"]), p.rs_group)
     return max(16, min(block_k, max(next_pow2(p.k), p.rs_group)))
-
-
-def _packed_words(x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """(x viewed as int32 pairs, X16 code 1 bf16 / 2 fp16) for 16-bit x whose rows hold an
-    even number of elements at 4-byte alignment, else (x, 0): the single-pass kernel keeps
-    its row block resident as these words (half the registers of 16-bit values)."""
-    codes = {torch.bfloat16: 1, torch.float16: 2}
-    if x.dtype in codes and x.shape[1] % 2 == 0 and x.stride(0) % 2 == 0 and x.data_ptr() % 4 == 0:
-        return x.view(torch.int32), codes[x.dtype]
-    return x, 0
-
-
-def _resident_words(p: _Plan, cfg: dict, x: torch.Tensor) -> float:
-    """32-bit registers per thread that the resident row block of a single-pass config takes."""
-    bk = _chunk_width(p, cfg, True)
-    cols = -(-p.k // bk) * bk
-    per_elem = 0.5 if _packed_words(x)[1] else 1.0  # unpacked 16-bit values take a register each
-    return int(cfg["BLOCK_M"]) * cols * per_elem / (32 * int(cfg["num_warps"]))
-
-
-def _row_fits(p: _Plan, cfg: dict, x: torch.Tensor) -> bool:
-    """Whether a single-pass config keeps the row block within the register budget."""
-    if -(-p.k // _chunk_width(p, cfg, True)) > _MAX_CHUNKS or (p.needs_dot and int(cfg["BLOCK_M"]) < 16):
-        return False
-    return _resident_words(p, cfg, x) <= _ROW_WORDS_MAX
-
-
-def single_pass_fits(p: _Plan, x: torch.Tensor) -> bool:
-    """Whether the row-resident kernel can run this input: per-token scales, K <=
-    SINGLE_PASS_MAX_K, no Hadamard, and a config whose row block fits the register budget.
-    (Hadamard: its rotation dots, unrolled over 24 chunks at K=3072, took 19 s (bf16) to
-    1.5-2 min (with smoothing) to compile per config, compile-only.)"""
-    applies = p.group == 0 and p.k <= SINGLE_PASS_MAX_K
-    return applies and not p.hadamard_block and any(_row_fits(p, c, x) for c in row_configs(p.arch, p.needs_dot))
 
 
 def tile_serves(k: int, group_size: int | None = None, rowsum_group: int | None = None,
@@ -456,17 +254,6 @@ def tile_serves(k: int, group_size: int | None = None, rowsum_group: int | None 
 def tile_applies(p: _Plan) -> bool:
     """`tile_serves` for a checked plan."""
     return tile_serves(p.k, p.group, p.rs_group, p.hadamard_block, p.r)
-
-
-def _use_single_pass(p: _Plan, single_pass: bool | None, x: torch.Tensor) -> bool:
-    """Whether to run the single-pass kernel (None and False: no; `act_quant` tries the tile kernel
-    first for None). Measured on the H100 (GPU run 3, docs/PERF.md) the
-    single-pass kernel is about 2x *slower* (0.261 vs 0.126 ms at M=16384, K=3072, smooth +
-    r=32: its 16-row blocks of 16 warps hold few blocks per SM and spill), so it runs only when
-    forced (True raises where it cannot run)."""
-    if single_pass and not (p.group == 0 and p.k <= SINGLE_PASS_MAX_K):
-        raise ValueError(f"the single-pass kernel needs per-token scales and K <= {SINGLE_PASS_MAX_K}")
-    return bool(single_pass)
 
 
 # e4m3 holds every integer in [-16, 16] exactly: a <= 5-bit q can be written straight in
@@ -518,56 +305,22 @@ def _hadamard_operand(x: torch.Tensor, p: _Plan, block_k: int) -> tuple[torch.Te
     return _blockdiag_hadamard(p.hadamard_block, block_k, hdt, x.device), split
 
 
-def _launch(p: _Plan, o: _Operands, cfg: dict, single_pass: bool) -> None:
-    """One launch of either kernel with launch config ``cfg``."""
-    block_k = _chunk_width(p, cfg, single_pass)
+def _launch(p: _Plan, o: _Operands, cfg: dict) -> None:
+    """One launch of the two-pass kernel with launch config ``cfg``."""
+    block_k = _chunk_width(p, cfg)
     had_t, had_split = _hadamard_operand(o.x, p, block_k)
-    block_m, warps = int(cfg["BLOCK_M"]), int(cfg["num_warps"])
-    xw, x16 = _packed_words(o.x) if single_pass else (o.x, 0)
-    args = (
-        xw, o.smooth, had_t, o.ld, o.q, o.scale, o.rowsum, o.low,
+    block_m = int(cfg["BLOCK_M"])
+    _act_quant_kernel[(triton.cdiv(p.m, block_m),)](
+        o.x, o.smooth, had_t, o.ld, o.q, o.scale, o.rowsum, o.low,
         p.m, p.k, p.r,
-        xw.stride(0), o.ld.stride(0) if p.r else 0, o.q.stride(0), o.scale.stride(0),
+        o.x.stride(0), o.ld.stride(0) if p.r else 0, o.q.stride(0), o.scale.stride(0),
         o.rowsum.stride(0), o.low.stride(0) if p.r else 0,
         hadamard_scale(p.hadamard_block) if p.hadamard_block else 1.0, p.clip,
-    )
-    flags = dict(
-        QMAX=p.qmax, RS_GROUP=p.rs_group, HAS_SMOOTH=p.has_smooth, HAD=bool(p.hadamard_block),
+        QMAX=p.qmax, GROUP=p.group, RS_GROUP=p.rs_group, HAS_SMOOTH=p.has_smooth, HAD=bool(p.hadamard_block),
         HAD_SPLIT=had_split, HAS_LORA=p.r > 0, WANT_ROWSUM=p.want_rs, BLOCK_M=block_m, BLOCK_K=block_k,
         BLOCK_R=max(16, next_pow2(p.r)), INTERP=(p.arch == "interp"),
-        num_warps=warps, enable_fp_fusion=False,
+        num_warps=int(cfg["num_warps"]), enable_fp_fusion=False,
     )
-    grid = (triton.cdiv(p.m, block_m),)
-    if not single_pass:
-        _act_quant_kernel[grid](*args, GROUP=p.group, **flags)
-        return
-    if warps >= 16:  # ptxas would cap a 512-thread kernel at 64 registers; the budget is 128
-        flags["maxnreg"] = 65536 // (32 * warps)
-    # the low-rank product splits K over the warps (see _lowrank_split); each part >= 16 wide
-    split = max(1, min(warps, block_k // 16)) if p.r else 1
-    _act_quant_row_kernel[grid](*args, N_CHUNKS=-(-p.k // block_k), SPLIT=split, X16=x16, **flags)
-
-
-def _single_pass_config(p: _Plan, o: _Operands) -> dict:
-    """Launch config of the single-pass kernel: the one-time tuner's pick on a GPU for
-    M >= _TUNE_MIN_M, else the first candidate that fits the register budget."""
-    cands = [c for c in row_configs(p.arch, p.needs_dot) if _row_fits(p, c, o.x)]
-    if not cands:  # forced single pass on a row block over the budget: the smallest block
-        cands = [min(row_configs(p.arch, p.needs_dot), key=lambda c: _resident_words(p, c, o.x))]
-    if p.arch == "interp" or p.m < _TUNE_MIN_M:
-        return cands[0]
-    return tune_once(_tune_key(p, o), cands, lambda c: _launch(p, o, c, True))
-
-
-def _tune_key(p: _Plan, o: _Operands) -> tuple:
-    """What the single-pass tuning result depends on (M by power-of-two bucket)."""
-    return ("act_quant_row", str(o.x.device), min(next_pow2(max(p.m, 1)), 1 << 16), p.k, o.x.dtype, p.qmax,
-            p.hadamard_block, p.has_smooth, p.r, p.want_rs, p.rs_group)
-
-
-def tuned_row_configs() -> dict[tuple, dict]:
-    """The single-pass configs the tuner chose in this process (for benchmark logs)."""
-    return {k: v for k, v in tuned_items() if k[0] == "act_quant_row"}
 
 
 def act_quant(
@@ -581,7 +334,7 @@ def act_quant(
     out_q: torch.Tensor | None = None,
     config: dict | None = None,
     clip_ratio: float | torch.Tensor = 1.0,
-    single_pass: bool | None = None,
+    two_pass: bool = False,
 ) -> ActQuantResult:
     """Quantize a (M, K) activation with the fused Triton kernel; see ``act_quant_ref``.
 
@@ -589,15 +342,13 @@ def act_quant(
     layer does not recompile. A tensor is read once on the host (a device sync on CUDA:
     callers in a hot loop pass a float; QuantLinear caches it).
 
-    ``single_pass``: None picks the kernel: the whole-row tile kernel where `tile_applies`
-    (1.8-2.4x faster than two-pass on the H100, GPU run 5), else the two-pass kernel; False
-    forces the two-pass kernel; True the row-resident single-pass kernel (x read once; raises
-    for per-group scales or larger K). ``out_q`` lets
-    callers pass the q buffer: a poisoned one (tests), or float8_e4m3fn for bits <= 5 (the
-    operand of torch._scaled_mm; e4m3 conversion needs sm_89+ on a GPU); ``config`` pins BLOCK_M / BLOCK_K /
-    num_warps of the kernel that runs (single pass: BLOCK_K is the chunk width; the tile kernel
-    takes ROWS / num_warps and runs only for a config with ROWS or none); without it the
-    single-pass kernel's config comes from a one-time tuner on the GPU.
+    The kernel: the whole-row tile kernel where `tile_applies` (1.8-2.4x faster than two-pass
+    on the H100, GPU run 5), else the two-pass kernel; ``two_pass=True`` forces the two-pass
+    kernel (benchmarks and tests compare the two). ``out_q`` lets callers pass the q buffer: a
+    poisoned one (tests), or float8_e4m3fn for bits <= 5 (the operand of torch._scaled_mm; e4m3
+    conversion needs sm_89+ on a GPU); ``config`` pins the launch shape of the kernel that runs:
+    ROWS / num_warps for the tile kernel, BLOCK_M / BLOCK_K / num_warps for the two-pass kernel
+    (a config without ROWS runs the two-pass kernel); without it each kernel's default.
     """
     p = _plan(x, bits, group_size, smooth, hadamard_block, lora_down, rowsum_group, clip_ratio)
     if x.stride(1) != 1:
@@ -605,17 +356,10 @@ def act_quant(
     o = _operands(x, p, smooth, lora_down, out_q)
     if p.m == 0:
         return _result(p, o)
-    if single_pass is None and tile_applies(p) and (config is None or "ROWS" in config):
+    if not two_pass and tile_applies(p) and (config is None or "ROWS" in config):
         _launch_tile(p, o, config, None, None)
         return _result(p, o)
-    row = _use_single_pass(p, single_pass, x)
-    if config is not None:
-        cfg = {**(row_configs(p.arch, p.needs_dot)[0] if row else _DEFAULTS[p.arch]), **config}
-        if row and p.needs_dot and int(cfg["BLOCK_M"]) < 16:
-            raise ValueError("single pass with low-rank / Hadamard needs BLOCK_M >= 16 (tl.dot)")
-    else:
-        cfg = _single_pass_config(p, o) if row else dict(_DEFAULTS[p.arch])
-    _launch(p, o, cfg, row)
+    _launch(p, o, {**_DEFAULTS[p.arch], **(config or {})})
     return _result(p, o)
 
 

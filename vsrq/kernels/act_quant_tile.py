@@ -1,9 +1,9 @@
 """Activation quantization with whole rows per program, optionally fused with LayerNorm + adaLN modulate.
 
 Why another kernel: the two-pass kernel (`act_quant`) runs at ~40 % of the H100's copy rate
-whatever it computes (docs/PERF.md, GPU run 4), and the row-resident single-pass kernel packs a
-few long rows per program into many registers per thread (few programs per SM). This one is the
-LayerNorm-tutorial shape: one (or a few) rows per program, the whole row as one register tile
+whatever it computes (docs/PERF.md, GPU run 4), and the row-resident single-pass kernel (removed
+since) packed a few long rows per program into many registers per thread (few programs per SM).
+This one is the LayerNorm-tutorial shape: one (or a few) rows per program, the whole row as one register tile
 (next_pow2(K) columns over 4-16 warps), thousands of small programs in flight, x read once.
 
 The same shape fits the op that produces a DiT block's qkv/fc1 input, LayerNorm without affine
@@ -16,7 +16,7 @@ two-pass kernel for those, and this one (`tile_applies`) for the rest. Numerics:
 (bit-identical q and scales without the norm); with the norm, `norm_modulate_ref` then
 `act_quant_ref`, equal up to the float summation order of the row mean and variance.
 This module has the kernel and its launch; the entry points are `act_quant` and `norm_act_quant`
-in `vsrq.kernels.act_quant`, which validate and allocate for all three kernels.
+in `vsrq.kernels.act_quant`, which validate and allocate for both kernels.
 """
 
 from __future__ import annotations
