@@ -63,6 +63,14 @@ def test_tune_once_times_once_and_skips_failures(monkeypatch: pytest.MonkeyPatch
     assert kt.tune_once(("one",), ["only"], launch) == "only" and len(calls) == n  # nothing to compare
     with pytest.raises(RuntimeError, match="no launch config"):
         kt.tune_once(("none",), ["bad"] * 2, launch)
+    made: list[int] = []
+
+    def make() -> list[str]:
+        made.append(1)
+        return ["a", "b"]
+
+    assert kt.tune_once(("lazy",), make, launch) == "b" and kt.tune_once(("lazy",), make, launch) == "b"
+    assert made == [1], "a candidate list given as a function is made once per key, not per call"
 
 
 def test_tuned_choices_persist_across_processes(monkeypatch: pytest.MonkeyPatch, tuning_home) -> None:

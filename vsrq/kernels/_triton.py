@@ -126,9 +126,11 @@ def _as_json(c: object) -> object:
     return json.loads(json.dumps(c))  # tuples become lists, as they come back from the file
 
 
-def tune_once(key: tuple, candidates: Sequence[T], launch: Callable[[T], None]) -> T:
+def tune_once(key: tuple, candidates: Sequence[T] | Callable[[], Sequence[T]], launch: Callable[[T], None]) -> T:
     """The fastest of ``candidates`` for ``key``: timed on the first call, cached after, in
     the process and on disk (``vsrq.cache``), so later runs on the same GPU skip the timing.
+    ``candidates`` may be a function making the list: it then runs only when the key is not in
+    the process's cache yet (the list costs host time on every layer call otherwise).
 
     ``launch(c)`` runs the kernel with candidate ``c`` on the real operands (outputs are
     overwritten, so the caller's final launch must come after). Candidates that fail to
@@ -137,6 +139,8 @@ def tune_once(key: tuple, candidates: Sequence[T], launch: Callable[[T], None]) 
     """
     if key in _TUNED:
         return _TUNED[key]  # type: ignore[return-value]
+    if callable(candidates):
+        candidates = candidates()
     remembered = _disk_choices().get(repr(key)) if not interpreting() else None
     for cand in candidates:
         if remembered is not None and _as_json(cand) == remembered:

@@ -376,7 +376,7 @@ def _candidates(impls: tuple[str, ...], args: dict) -> list[tuple[str, dict]]:
 
 def _tune(impls: tuple[str, ...], args: dict, key: tuple) -> tuple[str, dict]:
     """The fastest (implementation, config) for this shape key, timed once (shared tuner)."""
-    return tune_once(("qgemm",) + key, _candidates(impls, args), lambda c: _launch(c[0], c[1], args))
+    return tune_once(("qgemm",) + key, lambda: _candidates(impls, args), lambda c: _launch(c[0], c[1], args))
 
 
 # Implementations the tuner tries on Hopper for impl="auto", per shape. The persistent TMA kernel
