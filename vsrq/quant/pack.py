@@ -26,6 +26,8 @@ place where rounding, clamping and scale conventions are defined:
 
 from __future__ import annotations
 
+import struct
+
 import torch
 
 __all__ = [
@@ -220,7 +222,10 @@ def check_clip_ratio(clip_ratio: float | torch.Tensor) -> float:
         g = float(clip_ratio)
     except (TypeError, ValueError):
         raise TypeError(f"clip_ratio must be a float, got {clip_ratio!r}") from None
-    g32 = float(torch.tensor(g, dtype=torch.float32))
+    try:  # the fp32 value without making a tensor (this runs on every quantized layer call)
+        g32 = struct.unpack("f", struct.pack("f", g))[0]
+    except OverflowError:  # beyond fp32's range: out of (0, 1] anyway
+        g32 = g
     if not 0.0 < g32 <= 1.0:  # also rejects nan
         raise ValueError(f"clip_ratio must be in (0, 1], got {clip_ratio!r}")
     return g32
