@@ -186,20 +186,23 @@ def _configure_model(loaded: Any, scale: Optional[float], chunk: Optional[int], 
     """Apply the model-specific options (SeedVR2's) and fill chunk/overlap from the model's defaults."""
     from dataclasses import replace
 
+    from vsrq.models.interfaces import ManagedRestorer, VSRModel, preferred_chunk
     from vsrq.pipeline.seedvr2 import vae_tile_overlap
 
     given_options = [name for name, (_, value) in restorer.items() if value is not None]
-    settings = getattr(loaded.module, "settings", None)
-    if given_options and settings is None:
+    module = loaded.module
+    managed = isinstance(module, ManagedRestorer)
+    if given_options and not managed:
         fail(f"{', '.join(given_options)} apply to SeedVR2 models only; {loaded.name} is a "
-             f"{getattr(loaded.module, 'arch', 'vsrq')} model", 2)
+             f"{module.arch if isinstance(module, VSRModel) else 'vsrq'} model", 2)
     given = {field: value for field, value in restorer.values() if field is not None and value is not None}
-    pref_chunk, pref_overlap = getattr(loaded.module, "preferred_chunk", (8, 2))
-    if settings is not None:
+    pref_chunk, pref_overlap = preferred_chunk(module)
+    if managed:
+        settings = module.settings
         if given.get("vae_tile"):
             given["vae_tile_overlap"] = vae_tile_overlap(given["vae_tile"], settings.vae_tile_overlap)
         try:
-            loaded.module.settings = replace(settings, **given, **({"scale": scale} if scale is not None else {}))
+            module.settings = replace(settings, **given, **({"scale": scale} if scale is not None else {}))
         except ValueError as exc:
             fail(str(exc), 2)
     chunk = pref_chunk if chunk is None else chunk
@@ -361,6 +364,7 @@ def quantize(
     """Post-training quantization to a packed low-bit checkpoint (see docs/QUANT.md for the methods)."""
     from tqdm import tqdm
 
+    from vsrq.models.interfaces import PartlyQuantized
     from vsrq.models.loader import ARCHITECTURES, load_model
     from vsrq.models.registry import is_quantized
     from vsrq.quant.calibrate import clips_from_videos, default_calibration_clips, find_videos
@@ -384,8 +388,8 @@ def quantize(
         fail(f"{loaded.name} is already quantized ({loaded.precision}); quantize its full-precision model")
     # a model of several networks (SeedVR2: DiT + VAE) names the one to quantize and what stays 16-bit;
     # calibration still runs the whole model, so the DiT sees the latents the VAE really makes
-    part = getattr(loaded.module, "quant_part", None)
-    if part is not None:
+    partial = isinstance(loaded.module, PartlyQuantized)
+    if partial:
         from dataclasses import replace as dc_replace
 
         recipe = dc_replace(recipe, keep=tuple(recipe.keep) + tuple(loaded.module.quant_keep))
@@ -398,7 +402,7 @@ def quantize(
     bar.close()
     rep = {"source_model": loaded.name, **result.report(recipe)}
     precision = result.precision()
-    if part is not None:  # the model says what its quantized part is written as
+    if partial:  # the model says what its quantized part is written as
         net, arch, config = result.model.quantized_checkpoint()
     else:
         net, arch, config = result.model, loaded.module.arch, ARCHITECTURES[loaded.module.arch].config_of(loaded.module)

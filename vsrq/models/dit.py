@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vsrq.models.interfaces import normed_forward, residual_forward
+
 Triple = tuple[int, int, int]
 
 
@@ -315,14 +317,14 @@ class PreNorm:
 def norm_linear(layer: nn.Module, pre: PreNorm, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
     """layer(modulate(norm(x), shift, scale)), then GELU (tanh) if ``activation == "gelu_tanh"``.
 
-    Why not always that: a layer with a `forward_normed` method (QuantLinear on the GPU) applies
+    Why not always that: a `NormFusingLinear` (`forward_normed`: QuantLinear on the GPU) applies
     the norm and modulation inside its activation quantization, one pass over x instead of three
     (docs/PERF.md, GPU run 5), and the GELU in its GEMM epilogue; it returns None where it cannot
     (CPU reference, rotations, low-rank branches, hooks, one modulation per sample), and the plain
     composition runs."""
     if activation not in (None, "gelu_tanh"):
         raise ValueError(f"activation must be None or 'gelu_tanh', got {activation!r}")
-    fused = getattr(layer, "forward_normed", None)
+    fused = normed_forward(layer)
     norm = pre.norm
     plain_ln = isinstance(norm, nn.LayerNorm) and norm.weight is None and norm.bias is None and len(norm.normalized_shape) == 1
     if fused is not None and plain_ln and pre.shift.shape[0] == 1:
@@ -336,11 +338,11 @@ def norm_linear(layer: nn.Module, pre: PreNorm, x: torch.Tensor, activation: str
 def gated_residual(layer: nn.Module, x: torch.Tensor, gate: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """residual + gate * layer(x), gate (B, C) one vector per sample, residual (B, ..., C).
 
-    Why not always that: a layer with a `forward_residual` method (QuantLinear on the GPU) applies
+    Why not always that: a `ResidualFusingLinear` (`forward_residual`: QuantLinear on the GPU) applies
     gate and residual in its GEMM epilogue, so its output is not written and read back once more
     (docs/PERF.md, GPU run 10); it returns None where it cannot (CPU reference, hooks) and one
     modulation per sample is composed here too."""
-    fused = getattr(layer, "forward_residual", None)
+    fused = residual_forward(layer)
     if fused is not None and gate.shape[0] == 1:
         y = fused(x, gate[0], residual)
         if y is not None:

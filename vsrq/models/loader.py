@@ -21,6 +21,7 @@ from torch import nn
 
 from vsrq.errors import ModelError
 from vsrq.models.dit import DiTConfig, VSRDiT, state_is_folded
+from vsrq.models.interfaces import is_folded
 from vsrq.models.registry import ModelSpec, find_local, is_quantized, load_registry, resolve_files, verify_sha256
 from vsrq.quant.checkpoint import FOLDED_META, install_quantized, quant_report, quantized_layer_names, write_checkpoint
 
@@ -116,7 +117,7 @@ def build_from_checkpoint(name: str, path: Path, spec: ModelSpec | None = None) 
         module = ARCHITECTURES[arch].build(config, tensors.keys())
     except (TypeError, ValueError) as exc:
         raise ModelError(f"{path}: bad {arch} config: {exc}") from exc
-    if meta.get(FOLDED_META) and not getattr(module, "folded", False):
+    if meta.get(FOLDED_META) and not is_folded(module):
         raise ModelError(f"{path}: its metadata says the {meta[FOLDED_META]} modulation is folded, but it holds no folded vectors (damaged file)")
     if quantized_layer_names(tensors):
         install_quantized(module, tensors)

@@ -22,6 +22,7 @@ from vsrq.errors import Interrupted, OutputError, VsrqError
 from vsrq.io import VideoInfo, VideoReader, VideoWriter, encoders, probe, segments
 from vsrq.io.output_path import check_free_space, check_target
 from vsrq.io.probe import MAX_SIDE
+from vsrq.models.interfaces import ManagedRestorer, VSRModel
 from vsrq.models.loader import LoadedModel
 from vsrq.pipeline import faults
 from vsrq.pipeline.chunking import CrossFader, check_chunking, iter_chunks
@@ -114,11 +115,12 @@ class ChunkUpscaler:
         self.opts = opts
         self.device = pick_device(opts.device)
         self.dtype = pick_dtype(self.device)
-        place = getattr(model.module, "place", None)  # models that manage their own placement (block offload)
-        self.net = (place(self.device, self.dtype) if place else model.module.to(self.device, self.dtype)).eval()
+        module = model.module
+        # a restorer places itself (DiT block offload); a plain network just moves
+        self.net = (module.place(self.device, self.dtype) if isinstance(module, ManagedRestorer)
+                    else module.to(self.device, self.dtype)).eval()
         self.scale = model.scale
-        cfg = getattr(self.net, "config", None)
-        self.align = int(cfg.pixel_align[1]) if cfg is not None else 1
+        self.align = int(self.net.config.pixel_align[1]) if isinstance(self.net, VSRModel) else 1
         self.tile = opts.tile  # shrinks, for the rest of the job, when a chunk runs out of memory
         if self.tile and not float(self.scale).is_integer():
             raise VsrqError(f"--tile needs a whole output scale (this model runs at x{self.scale:g}); "
@@ -157,7 +159,7 @@ class ChunkUpscaler:
         del err  # frees the frames the failed forward still references through the traceback
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        if hasattr(self.net, "settings"):  # SeedVR2: frame tiles would change its attention windows
+        if isinstance(self.net, ManagedRestorer):  # SeedVR2: frame tiles would change its attention windows
             raise VsrqError(f"out of memory on {self.device}; try --max-vram (GiB of your GPU), or --vae-tile 512 "
                             "and --offload, or a shorter --chunk") from None
         current = self.tile if self.tile > 0 else max(x.shape[-2:])
@@ -206,9 +208,8 @@ def job_fingerprint(info: VideoInfo, model: LoadedModel, opts: UpscaleOptions, e
     }
     if model.other_files:  # the VAE and text embeddings change a SeedVR2 output as much as the DiT does
         fp["model files"] = {role: _file_identity(path) for role, path in sorted(model.other_files.items())}
-    settings = getattr(model.module, "settings", None)
-    if settings is not None:  # what changes a restorer's output beyond the options above (SeedVR2)
-        fp["model settings"] = settings.fingerprint()
+    if isinstance(model.module, ManagedRestorer):  # what changes a restorer's output beyond the options above (SeedVR2)
+        fp["model settings"] = model.module.settings.fingerprint()
     return fp
 
 

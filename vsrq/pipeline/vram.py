@@ -161,9 +161,10 @@ def apply_memory_plan(model, opts, size: tuple[int, int], say) -> object:
     from dataclasses import replace
 
     from vsrq.pipeline.device import pick_device, pick_dtype
+    from vsrq.pipeline.seedvr2 import SeedVR2Restorer
 
     restorer = model.module
-    if not hasattr(restorer, "settings") or not hasattr(restorer, "dit"):
+    if not isinstance(restorer, SeedVR2Restorer):  # the probes run its stages (encode, denoise, decode)
         raise VsrqError("--max-vram applies to SeedVR2 models only")
     dev = pick_device(opts.device)
     if dev.type != "cuda":

@@ -18,6 +18,7 @@ from torch import nn
 
 from vsrq.errors import ModelError
 from vsrq.io.output_path import publish
+from vsrq.models.interfaces import FoldableModel, is_folded
 from vsrq.quant.qlinear import QuantLinear
 
 
@@ -68,7 +69,7 @@ def write_checkpoint(model: nn.Module, path: Path, *, arch: str, config: dict, p
     import vsrq
 
     quant_prefixes = tuple(n + "." for n, m in model.named_modules() if isinstance(m, QuantLinear))
-    exact = set(getattr(model, "exact_tensor_names", ()))
+    exact = set(model.exact_tensor_names) if isinstance(model, FoldableModel) else set()
     tensors = {}
     for k, v in model.state_dict().items():
         v = v.detach().cpu()
@@ -77,7 +78,7 @@ def write_checkpoint(model: nn.Module, path: Path, *, arch: str, config: dict, p
         tensors[k] = v.contiguous()
     meta = {"vsrq.arch": arch, "vsrq.config": json.dumps(config), "vsrq.precision": precision,
             "vsrq.version": vsrq.__version__, **(extra_meta or {})}
-    if getattr(model, "folded", False):  # readers tell a folded model by its keys; this says so to people
+    if is_folded(model):  # readers tell a folded model by its keys; this says so to people
         meta[FOLDED_META] = "adaln"
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")

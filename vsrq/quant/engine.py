@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
+from vsrq.models.interfaces import FoldableModel
 from vsrq.quant.calibrate import LayerStats, calibrate, target_layers
 from vsrq.quant.checkpoint import set_module
 from vsrq.quant.methods import LayerChoice, allocate_ranks, quantize_layer, search_granularity
@@ -76,9 +77,8 @@ def fold_constants(model: nn.Module) -> nn.Module:
     mixed-precision sensitivity and refinement never see those layers (whatever `keep` says),
     and the low-bit layers are fitted to the same modulation the checkpoint stores.
     """
-    fold = getattr(model, "fold_modulation_", None)
-    if fold is not None:
-        fold()
+    if isinstance(model, FoldableModel):
+        model.fold_modulation_()
     return model
 
 

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from vsrq.kernels.reference import transform_input
+from vsrq.models.interfaces import VSRModel
 from vsrq.quant.mixed import LayerSensitivity, plan_mixed_precision
 from vsrq.quant.pack import int_range, quantize_act_groups
 from vsrq.quant.qlinear import QuantLinear
@@ -197,8 +198,8 @@ def activation_stats(model: nn.Module, names: list[str], clip: torch.Tensor, tol
 def _window_frames(model: nn.Module, frames: int) -> int:
     """Frames per attention window of a DiT-like model (its config.window[0]), at most `frames`;
     1 when the model has no such config (then flips between frames are not measured)."""
-    cfg = getattr(model, "config", None)
-    win = getattr(cfg, "window", None)
+    cfg = model.config if isinstance(model, VSRModel) else None
+    win = getattr(cfg, "window", None)  # DiTConfig's; a SeedVR2 restorer's config has none
     return min(int(win[0]), frames) if win else 1
 
 
