@@ -32,3 +32,8 @@ def test_bench_sizes_are_checked_before_anything_is_built():
         result = CliRunner().invoke(app, ["bench", *bad])
         assert result.exit_code == 2, (bad, result.output)
         assert "WxH" in result.output
+
+
+def test_bench_cuda_graphs_needs_compile():
+    result = CliRunner().invoke(app, ["bench", "--cuda-graphs"])
+    assert result.exit_code == 2 and "--cuda-graphs needs --compile" in result.stderr

@@ -121,7 +121,7 @@ def checkpoint_bytes(loaded: LoadedModel, variant: nn.Module, precision: str, tm
 
 def run_bench(*, model: str | None, config: dict | None, input: Path | None, size: tuple[int, int], frames: int, device: str,
               chunk: int, precisions: list[str], rank: int, repeat: int, layers: bool, pipeline: bool,
-              compile: bool = False) -> dict:
+              compile: bool = False, cuda_graphs: bool = False) -> dict:
     dev = pick_device(device)
     dtype = pick_dtype(dev)
     if config is not None:
@@ -141,6 +141,7 @@ def run_bench(*, model: str | None, config: dict | None, input: Path | None, siz
         "input": f"{w}x{h} x {chunk} frames per forward",
         "rank": rank,
         "compiled": compile,
+        "cuda_graphs": bool(compile and cuda_graphs and dev.type == "cuda"),
         "forward": {}, "layers": [], "size": {}, "size_vs_bf16": {}, "pipeline": {},
     }
     variants: dict[str, nn.Module] = {}
@@ -150,12 +151,12 @@ def run_bench(*, model: str | None, config: dict | None, input: Path | None, siz
             res["size"][p] = checkpoint_bytes(loaded, variants[p], p, Path(tmp))
             res["size_vs_bf16"][p] = res["size"]["fp"] / res["size"][p] if "fp" in res["size"] else None
             net = variants[p].to(dev, dtype)
-            if compile:
-                net = torch.compile(net)  # warm-up below includes compilation; the timed repeats do not
+            if compile:  # warm-up below includes compilation (and graph recording); the timed repeats do not
+                net = torch.compile(net, mode="reduce-overhead" if res["cuda_graphs"] else None)
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
             with torch.inference_mode():
-                ms = median_ms(lambda: net(x), dev, repeat=repeat)
+                ms = median_ms(lambda: net(x), dev, warmup=3 if res["cuda_graphs"] else 2, repeat=repeat)
             peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
             res["forward"][p] = {"ms": ms, "frames_per_s": chunk / ms * 1e3, "peak_bytes": peak}
             if dev.type == "cuda":  # the next variant's peak must not include this one's weights
@@ -218,7 +219,8 @@ def format_report(r: dict) -> list[str]:
     base = ps[0]
     lines = [f"vsrq bench {r['date']}  device: {r['device']}  torch {r['torch']}",
              f"model {r['model']}; {r['input']}; low-bit variants RTN, low-rank rank {r['rank']}"
-             + ("; every forward torch.compile'd" if r.get("compiled") else ""),
+             + ("; every forward torch.compile'd" if r.get("compiled") else "")
+             + (", replayed as CUDA graphs" if r.get("cuda_graphs") else ""),
              f"checkpoints: {base} = bf16 as trained; low-bit = packed, adaLN modulation folded", "",
              f"{'DiT forward':<22}" + "".join(f"{p:>14}" for p in ps)]
     lines.append(f"{'  median ms':<22}" + "".join(f"{r['forward'][p]['ms']:>14.2f}" for p in ps))

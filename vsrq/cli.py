@@ -436,6 +436,7 @@ def bench(
     layers: bool = typer.Option(True, "--layers/--no-layers", help="Per-layer GEMM timings."),
     pipeline: bool = typer.Option(True, "--pipeline/--no-pipeline", help="Decode/encode and full-upscale frames/s."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile every variant's forward (CUDA): the same glue fusion for all."),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="With --compile: replay each forward as CUDA graphs (mode reduce-overhead), so host time drops out of the figures."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     random_weights: bool = typer.Option(False, "--random-weights", help="SeedVR2: random weights of the real shapes instead of the files (speed and memory only)."),
     sizes: str = typer.Option("720p,1080p", "--sizes", help="SeedVR2: output sizes, comma-separated (720p, 1080p or WxH)."),
@@ -477,8 +478,11 @@ def bench(
             cfg = json.loads(config)
         except ValueError:
             fail("--config must be JSON", 2)
+    if cuda_graphs and not compile:
+        fail("--cuda-graphs needs --compile", 2)
     result = run_bench(model=model, config=cfg, input=input, size=(w, h), frames=frames, device=device, chunk=chunk,
-                       precisions=plist, rank=rank, repeat=repeat, layers=layers, pipeline=pipeline, compile=compile)
+                       precisions=plist, rank=rank, repeat=repeat, layers=layers, pipeline=pipeline, compile=compile,
+                       cuda_graphs=cuda_graphs)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
