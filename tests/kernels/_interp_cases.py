@@ -334,6 +334,10 @@ _GEMM = {
     # one gate vector for every row, as the DiT hands it (an (M, N) view of stride 0 along M)
     "ptr_gate_vector_ragged": dict(impl="ptr", m=37, n=45, k=200, bias=True, gate="vector", res=True),
     "persistent_gate_vector_gelu": dict(impl="persistent", m=70, n=80, k=208, act="gelu_tanh", gate="vector", res=True),
+    # the output through TMA stores (two half tiles, clipped by the copy engine at ragged edges)
+    "tma_store_ragged": dict(impl="tma", m=37, n=56, k=208, r=20, bias=True, tma_store=True),
+    "persistent_store_gate_res": dict(impl="persistent", m=70, n=88, k=128, act="gelu_tanh", gate="vector", res=True,
+                                      tma_store=True, out="float16"),
 }
 
 
@@ -369,7 +373,12 @@ def _gemm_case(p: dict) -> str:
     results = []
     for out_dtype in (torch.float32, getattr(torch, p.get("out", "bfloat16"))):
         out = torch.full((m, n), float("nan"), dtype=out_dtype)
-        got = qgemm(aq.q, aq.scale, qw, sw, out=out, out_dtype=out_dtype, impl=p["impl"], **kw)
+        config = None
+        if p.get("tma_store"):
+            from vsrq.kernels.qgemm import _INTERP
+
+            config = dict(_INTERP, TMA_STORE=1)
+        got = qgemm(aq.q, aq.scale, qw, sw, out=out, out_dtype=out_dtype, impl=p["impl"], config=config, **kw)
         ref = qgemm_ref(aq.q, aq.scale, qw, sw, out_dtype=out_dtype, **kw)
         assert not torch.isnan(got).any(), "unwritten (poisoned) outputs"
         e = _rel(got.float(), ref.float())

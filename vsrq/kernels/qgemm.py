@@ -116,7 +116,20 @@ def _epilogue(y, rm, rn, M, N, R, c_ptr, stride_cm, bias_ptr, h_ptr, stride_hm, 
               gate_ptr, stride_gm, res_ptr, stride_resm,
               HAS_BIAS: tl.constexpr, HAS_LORA: tl.constexpr, BLOCK_R: tl.constexpr,
               ACT_GELU: tl.constexpr, HAS_GATE: tl.constexpr, HAS_RES: tl.constexpr, INTERP: tl.constexpr):
-    """low-rank up-projection, bias, GELU, gate, residual, store (all on the fp32 tile)."""
+    """`_epilogue_math`, then a masked pointer store of the tile."""
+    y = _epilogue_math(y, rm, rn, M, N, R, bias_ptr, h_ptr, stride_hm, lu_ptr, stride_lur,
+                       gate_ptr, stride_gm, res_ptr, stride_resm,
+                       HAS_BIAS, HAS_LORA, BLOCK_R, ACT_GELU, HAS_GATE, HAS_RES, INTERP)
+    mask = (rm < M)[:, None] & (rn < N)[None, :]
+    tl.store(c_ptr + rm[:, None] * stride_cm + rn[None, :], cast16(y, c_ptr.dtype.element_ty, INTERP), mask=mask)
+
+
+@triton.jit
+def _epilogue_math(y, rm, rn, M, N, R, bias_ptr, h_ptr, stride_hm, lu_ptr, stride_lur,
+                   gate_ptr, stride_gm, res_ptr, stride_resm,
+                   HAS_BIAS: tl.constexpr, HAS_LORA: tl.constexpr, BLOCK_R: tl.constexpr,
+                   ACT_GELU: tl.constexpr, HAS_GATE: tl.constexpr, HAS_RES: tl.constexpr, INTERP: tl.constexpr):
+    """low-rank up-projection, bias, GELU, gate, residual (all on the fp32 tile)."""
     m_mask = rm < M
     n_mask = rn < N
     if HAS_LORA:
@@ -141,7 +154,7 @@ def _epilogue(y, rm, rn, M, N, R, c_ptr, stride_cm, bias_ptr, h_ptr, stride_hm, 
     if HAS_RES:
         r = tl.load(res_ptr + rm[:, None] * stride_resm + rn[None, :], mask=mask, other=0.0)
         y = y + r.to(tl.float32)
-    tl.store(c_ptr + rm[:, None] * stride_cm + rn[None, :], cast16(y, c_ptr.dtype.element_ty, INTERP), mask=mask)
+    return y
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -204,7 +217,7 @@ def _qgemm_ptr_kernel(
 
 @triton.jit
 def _qgemm_tma_kernel(
-    a_desc, b_desc, c_ptr, sa_ptr, sw_ptr, zw_ptr, rs_ptr, bias_ptr, h_ptr, lu_ptr, gate_ptr, res_ptr,
+    a_desc, b_desc, c_desc, c_ptr, sa_ptr, sw_ptr, zw_ptr, rs_ptr, bias_ptr, h_ptr, lu_ptr, gate_ptr, res_ptr,
     M, N, K, R, NUM_PROGS,
     stride_cm, stride_sam, stride_sag, stride_swn, stride_swg,
     stride_zwn, stride_zwg, stride_rsm, stride_hm, stride_lur, stride_gm, stride_resm,
@@ -212,10 +225,13 @@ def _qgemm_tma_kernel(
     HAS_BIAS: tl.constexpr, HAS_LORA: tl.constexpr, BLOCK_R: tl.constexpr,
     ACT_GELU: tl.constexpr, HAS_GATE: tl.constexpr, HAS_RES: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    FLATTEN: tl.constexpr, INTERP: tl.constexpr,
+    FLATTEN: tl.constexpr, TMA_STORE: tl.constexpr, INTERP: tl.constexpr,
 ):
     """TMA loads (zero-filled out of bounds, so ragged M/N/K need no masks); a grid of
-    NUM_PROGS programs loops over the tiles (NUM_PROGS = #tiles: one tile each)."""
+    NUM_PROGS programs loops over the tiles (NUM_PROGS = #tiles: one tile each).
+    TMA_STORE: the output tile leaves through a TMA store of ``c_desc`` (two BLOCK_N / 2 halves,
+    clipped at the edges by the copy engine) instead of masked pointer stores: the store is
+    asynchronous, so a persistent program starts its next tile while the copy engine writes."""
     num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
     acc_dt = tl.float32 if FP8 else tl.int32
@@ -244,9 +260,19 @@ def _qgemm_tma_kernel(
                 acc = _mma(a, b.T, acc, FP8, FP8_ACC_K)
             y = _channel_scale(acc, rm_l, rn_l, sa_ptr, sw_ptr, zw_ptr, rs_ptr,
                                stride_sam, stride_swn, stride_zwn, stride_rsm, ASYM)
-        _epilogue(y, rm, rn, M, N, R, c_ptr, stride_cm, bias_ptr, h_ptr, stride_hm, lu_ptr, stride_lur,
-                  gate_ptr, stride_gm, res_ptr, stride_resm,
-                  HAS_BIAS, HAS_LORA, BLOCK_R, ACT_GELU, HAS_GATE, HAS_RES, INTERP)
+        if TMA_STORE:
+            y = _epilogue_math(y, rm, rn, M, N, R, bias_ptr, h_ptr, stride_hm, lu_ptr, stride_lur,
+                               gate_ptr, stride_gm, res_ptr, stride_resm,
+                               HAS_BIAS, HAS_LORA, BLOCK_R, ACT_GELU, HAS_GATE, HAS_RES, INTERP)
+            y = cast16(y, c_ptr.dtype.element_ty, INTERP)
+            halves = tl.permute(tl.reshape(y, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))
+            y0, y1 = tl.split(halves)
+            c_desc.store([off_m, off_n], y0)
+            c_desc.store([off_m, off_n + BLOCK_N // 2], y1)
+        else:
+            _epilogue(y, rm, rn, M, N, R, c_ptr, stride_cm, bias_ptr, h_ptr, stride_hm, lu_ptr, stride_lur,
+                      gate_ptr, stride_gm, res_ptr, stride_resm,
+                      HAS_BIAS, HAS_LORA, BLOCK_R, ACT_GELU, HAS_GATE, HAS_RES, INTERP)
 
 
 # ----------------------------------------------------------------------------- configs
@@ -346,11 +372,18 @@ def _launch(impl: str, cfg: dict, args: dict) -> None:
 
     a_desc = TensorDescriptor(a, list(a.shape), list(a.stride()), [bm, bk])
     b_desc = TensorDescriptor(b, list(b.shape), list(b.stride()), [bn, bk])
+    tma_store = bool(cfg.get("TMA_STORE")) and _tma_store_ok(c)
+    c_desc = TensorDescriptor(c, list(c.shape), list(c.stride()), [bm, bn // 2]) if tma_store else a_desc
     progs = tiles if impl == "tma" else min(tiles, num_sms(device_index(a)))
     _qgemm_tma_kernel[(progs,)](
-        a_desc, b_desc, c, *common, m, n, k, args["r"], progs,
-        c.stride(0), *st, FLATTEN=(impl == "persistent"), **flags,
+        a_desc, b_desc, c_desc, c, *common, m, n, k, args["r"], progs,
+        c.stride(0), *st, FLATTEN=(impl == "persistent"), TMA_STORE=tma_store, **flags,
     )
+
+
+def _tma_store_ok(c: torch.Tensor) -> bool:
+    """The output can be a TMA store's destination: 16-byte aligned base and rows."""
+    return c.data_ptr() % 16 == 0 and (c.stride(0) * c.element_size()) % 16 == 0 and c.stride(1) == 1
 
 
 def _tma_ok(a: torch.Tensor, b: torch.Tensor) -> bool:
