@@ -114,3 +114,20 @@ def test_tile_applies(kw: dict, want: bool) -> None:
     k = kw.pop("k", 3072)
     p, _ = _plan(k, **kw)
     assert aq.tile_applies(p) is want
+
+
+def test_gemm_tuner_offers_tma_store_to_the_persistent_kernel_on_hopper(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Hopper candidates of impl="auto" are every implementation x config, plus the persistent
+    kernel's configs with the TMA-store epilogue (GPU run 11); other archs get no TMA store."""
+    from vsrq.kernels import qgemm as qg
+
+    args = {"a": torch.zeros(4, 64, dtype=torch.int8), "group": 0}
+    monkeypatch.setattr(qg, "max_shared_memory", lambda dev: 227 * 1024)
+    monkeypatch.setattr(qg, "_arch_of", lambda t: "sm90")
+    cands = qg._candidates(qg.SM90_AUTO_IMPLS, args)
+    stores = [(impl, c) for impl, c in cands if c.get("TMA_STORE")]
+    n = len(qg.gemm_configs("sm90", False))
+    assert len(cands) == len(qg.SM90_AUTO_IMPLS) * n + n
+    assert {impl for impl, _ in stores} == {"persistent"} and len(stores) == n
+    monkeypatch.setattr(qg, "_arch_of", lambda t: "sm80")
+    assert not any(c.get("TMA_STORE") for _, c in qg._candidates(("ptr",), args))

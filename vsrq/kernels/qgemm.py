@@ -404,7 +404,12 @@ def _candidates(impls: tuple[str, ...], args: dict) -> list[tuple[str, dict]]:
     cfgs = gemm_configs(arch, bool(args["group"]))
     bk_of = (lambda c: args["group"]) if args["group"] else (lambda c: c["BLOCK_K"])
     cfgs = [c for c in cfgs if _fits(c, bk_of(c), dev)] or cfgs[-1:]
-    return [(impl, c) for impl in impls for c in cfgs]
+    out = [(impl, c) for impl in impls for c in cfgs]
+    if arch == "sm90" and "persistent" in impls:
+        # the output through TMA stores: +0-3 % for the persistent kernel (GPU run 11), so a candidate
+        # of its own there; the one-tile-per-program kernel gained nothing and is not offered it
+        out += [("persistent", dict(c, TMA_STORE=1)) for c in cfgs]
+    return out
 
 
 def _tune(impls: tuple[str, ...], args: dict, key: tuple) -> tuple[str, dict]:
