@@ -338,6 +338,7 @@ _GEMM = {
     "tma_store_ragged": dict(impl="tma", m=37, n=56, k=208, r=20, bias=True, tma_store=True),
     "persistent_store_gate_res": dict(impl="persistent", m=70, n=88, k=128, act="gelu_tanh", gate="vector", res=True,
                                       tma_store=True, out="float16"),
+    "persistent_group32_tma_store": dict(impl="persistent", m=37, n=48, k=128, group=32, bias=True, tma_store=True),
 }
 
 
