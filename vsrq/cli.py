@@ -42,17 +42,22 @@ def warn(message: str) -> None:
 
 
 class _WarningLines(logging.Handler):
-    """vsrq's log warnings as `vsrq: warning:` lines, each distinct message once per run."""
+    """vsrq's log records as one stderr line each, every distinct message once per run: warnings as
+    `vsrq: warning:`, info records (rare: things that explain a pause, such as first-run kernel
+    tuning) as `vsrq: note:`."""
 
     def __init__(self) -> None:
-        super().__init__(logging.WARNING)
+        super().__init__(logging.INFO)
         self.seen: set[str] = set()
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage().splitlines()[0] if record.getMessage() else ""
         if message and message not in self.seen:
             self.seen.add(message)
-            warn(message)
+            if record.levelno >= logging.WARNING:
+                warn(message)
+            else:
+                typer.echo(f"vsrq: note: {message}", err=True)
 
 
 def _install_warning_lines() -> None:
@@ -61,6 +66,7 @@ def _install_warning_lines() -> None:
         if isinstance(handler, _WarningLines):
             logger.removeHandler(handler)
     logger.addHandler(_WarningLines())
+    logger.setLevel(logging.INFO)
     logger.propagate = False
 
 

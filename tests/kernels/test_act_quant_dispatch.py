@@ -131,3 +131,20 @@ def test_gemm_tuner_offers_tma_store_to_the_persistent_kernel_on_hopper(monkeypa
     assert {impl for impl, _ in stores} == {"persistent"} and len(stores) == n
     monkeypatch.setattr(qg, "_arch_of", lambda t: "sm80")
     assert not any(c.get("TMA_STORE") for _, c in qg._candidates(("ptr",), args))
+
+
+def test_first_tuning_is_announced_once(monkeypatch: pytest.MonkeyPatch, tuning_home, caplog) -> None:
+    """A cache miss that times candidates says so once per process (the first GPU run pauses for it)."""
+    import logging
+
+    import triton.testing
+
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **_kw: (fn(), 1.0)[1])
+    monkeypatch.setattr(kt, "_TUNED", {})
+    monkeypatch.setattr(kt, "_ANNOUNCED", False)
+    with caplog.at_level(logging.INFO, logger="vsrq.kernels"):
+        kt.tune_once(("a",), ["x", "y"], lambda c: None)
+        kt.tune_once(("b",), ["x", "y"], lambda c: None)
+        kt.tune_once(("a",), ["x", "y"], lambda c: None)
+    notes = [r for r in caplog.records if r.name == "vsrq.kernels"]
+    assert len(notes) == 1 and "first run on this GPU" in notes[0].getMessage()

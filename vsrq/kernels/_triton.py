@@ -7,6 +7,7 @@ Kept import-safe: nothing here imports triton at module import, so CPU-only inst
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Sequence
 from functools import lru_cache
@@ -126,6 +127,22 @@ def _as_json(c: object) -> object:
     return json.loads(json.dumps(c))  # tuples become lists, as they come back from the file
 
 
+_ANNOUNCED = False
+
+
+def _announce_tuning() -> None:
+    """Say once per process why the first GPU run pauses: the tuner compiles and times every
+    candidate of every new shape (about a minute for the default model on an H100, docs/PERF.md,
+    GPU run 11); later runs read the choices back."""
+    global _ANNOUNCED
+    if _ANNOUNCED or interpreting():
+        return
+    _ANNOUNCED = True
+    logging.getLogger("vsrq.kernels").info(
+        "timing GPU kernel launch configs for new shapes (first run on this GPU: up to a minute or two; "
+        "remembered in %s)", _tuning_file().parent)
+
+
 def tune_once(key: tuple, candidates: Sequence[T] | Callable[[], Sequence[T]], launch: Callable[[T], None]) -> T:
     """The fastest of ``candidates`` for ``key``: timed on the first call, cached after, in
     the process and on disk (``vsrq.cache``), so later runs on the same GPU skip the timing.
@@ -153,6 +170,7 @@ def tune_once(key: tuple, candidates: Sequence[T] | Callable[[], Sequence[T]], l
         return candidates[0]
     from triton.testing import do_bench
 
+    _announce_tuning()
     best, best_t = None, float("inf")
     for cand in candidates:
         try:
