@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The int8 GEMM's output through TMA stores vs masked pointer stores, per launch config (H100).
 
-    PYTHONPATH=. python3 scripts/bench_tma_store.py
+    PYTHONPATH=. python3 scripts/bench_tma_store.py [--checks-only]
 
 Why: the Gluon GEMM of GPU run 9 showed the epilogue, not the main loop, as the gap to a faster
 GEMM (its un-overlapped register-to-global store ~4.6 us a tile). `qgemm`'s TMA kernels can hand
@@ -30,11 +30,56 @@ from _gpu_run import RunLog, kernel_ms  # noqa: E402
 SHAPES = ((16384, 3072, 3072), (16384, 3072, 12288), (34560, 2560, 2560), (34560, 2560, 10240), (34560, 10240, 2560))
 
 
+def edge_checks(log: RunLog) -> int:
+    """TMA store at ragged shapes (partial and fully out-of-range half tiles), with GELU, a stride-0
+    gate and a residual, 16-bit outputs, against `qgemm_ref` and the pointer store; fp32 output and an
+    unaligned N through the plain dispatcher (no TMA store offered or possible there)."""
+    from vsrq.kernels.reference import qgemm_ref
+
+    fails = 0
+    cases = [(1000, 3072, 3000, torch.bfloat16), (1000, 2560, 96, torch.float16), (777, 256, 200, torch.bfloat16)]
+    for m, k, n, dt in cases:
+        qa = torch.randint(-8, 8, (m, k), device="cuda", dtype=torch.int8)
+        qw = torch.randint(-8, 8, (n, k), device="cuda", dtype=torch.int8)
+        sa = torch.rand(m, 1, device="cuda") * 0.01
+        sw = (torch.rand(n, 1, device="cuda") * 0.01).half()
+        kw = dict(bias=torch.randn(n, device="cuda"), activation="gelu_tanh",
+                  gate=torch.randn(n, device="cuda", dtype=dt).view(1, n).expand(m, n),
+                  residual=torch.randn(m, n, device="cuda", dtype=dt), out_dtype=dt)
+        ref = qgemm_ref(qa, sa, qw, sw, **kw)
+        for cfg in qg.gemm_configs("sm90", False):
+            outs = {}
+            for store in (0, 1):
+                try:
+                    outs[store] = qg.qgemm(qa, sa, qw, sw, impl="persistent", config=dict(cfg, TMA_STORE=store), **kw)
+                except Exception as e:
+                    log(f"  check M={m} K={k} N={n} {dt} {cfg} store={store}: FAILED {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+            if len(outs) == 2:
+                err = float((outs[1].float() - ref.float()).norm() / ref.float().norm())
+                ok = torch.equal(outs[0], outs[1]) and err < 1e-2
+                fails += not ok
+                log(f"  check M={m} K={k} N={n} {dt} {cfg['BLOCK_M']}x{cfg['BLOCK_N']}x{cfg['BLOCK_K']} s{cfg['num_stages']}: "
+                    f"TMA store == pointer store {torch.equal(outs[0], outs[1])}, vs reference {err:.2e} -> {'PASS' if ok else 'FAIL'}")
+    for n, dt in ((3000, torch.float32), (45, torch.bfloat16)):  # the dispatcher's own choice
+        qa = torch.randint(-8, 8, (500, 512), device="cuda", dtype=torch.int8)
+        qw = torch.randint(-8, 8, (n, 512), device="cuda", dtype=torch.int8)
+        sa, sw = torch.rand(500, 1, device="cuda") * 0.01, (torch.rand(n, 1, device="cuda") * 0.01).half()
+        y = qg.qgemm(qa, sa, qw, sw, out_dtype=dt)
+        err = float((y.float() - qgemm_ref(qa, sa, qw, sw, out_dtype=dt).float()).norm() / y.float().norm())
+        fails += not err < 1e-2
+        log(f"  check auto M=500 K=512 N={n} {dt}: vs reference {err:.2e} -> {'PASS' if err < 1e-2 else 'FAIL'}")
+    return fails
+
+
 def main() -> int:
     torch.manual_seed(0)
     log = RunLog("tma_store")
     log.header()
-    fails = 0
+    fails = edge_checks(log)
+    if "--checks-only" in sys.argv:
+        log(f"failing checks: {fails}")
+        log.write(os.environ.get("OUT", "."))
+        return 1 if fails else 0
     for m, k, n in SHAPES:
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
@@ -72,7 +117,7 @@ def main() -> int:
                                      "ms": t, "x_bf16": t_bf16 / t, "equal": same})
         for (impl, store), (t, name) in sorted(best.items()):
             log(f"  best {impl} {'tma-store' if store else 'ptr-store'}: {t:.4f} ms = {t_bf16 / t:.2f}x bf16 ({name.strip()})")
-    log(f"outputs differing from the first config's: {fails}")
+    log(f"failing checks and outputs differing from the first config's: {fails}")
     log.write(os.environ.get("OUT", "."))
     return 1 if fails else 0
 

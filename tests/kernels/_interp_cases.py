@@ -393,6 +393,37 @@ for _n, _p in _GEMM.items():
     case(f"qgemm[{_n}]")(lambda _p=_p: _gemm_case(_p))
 
 
+@case("qgemm[tma_store_taken_and_fallback]")
+def _tma_store_path() -> str:
+    """TMA_STORE goes through descriptor stores where the output rows are 16-byte aligned (N=56
+    bf16) and falls back to pointer stores where they are not (N=45): both equal the reference,
+    with a full (M, N) gate and a residual."""
+    import torch
+
+    from vsrq.kernels import qgemm as qg
+    from vsrq.kernels.reference import qgemm_ref
+
+    taken: list[bool] = []
+    orig = qg._tma_store_ok
+    qg._tma_store_ok = lambda c: taken.append(orig(c)) or taken[-1]
+    try:
+        g = torch.Generator().manual_seed(3)
+        for n in (56, 45):
+            m, k = 37, 96
+            qa = torch.randint(-7, 8, (m, k), generator=g, dtype=torch.int8)
+            qw = torch.randint(-7, 8, (n, k), generator=g, dtype=torch.int8)
+            sa, sw = torch.rand(m, 1, generator=g) * 0.01, (torch.rand(n, 1, generator=g) * 0.01).half()
+            kw = dict(bias=torch.randn(n, generator=g), gate=torch.randn(m, n, generator=g).to(torch.bfloat16),
+                      residual=torch.randn(m, n, generator=g).to(torch.bfloat16), out_dtype=torch.bfloat16)
+            got = qg.qgemm(qa, sa, qw, sw, impl="persistent", config=dict(qg._INTERP, TMA_STORE=1), **kw)
+            ref = qgemm_ref(qa, sa, qw, sw, **kw)
+            assert torch.equal(got, ref), f"N={n}: max diff {float((got.float() - ref.float()).abs().max())}"
+    finally:
+        qg._tma_store_ok = orig
+    assert taken == [True, False], taken
+    return "ok"
+
+
 # ----------------------------------------------------------------------------- QuantLinear
 
 _QLIN = {
@@ -610,7 +641,66 @@ def _qres_declines() -> str:
     handle = ql.register_forward_hook(lambda *a: None)
     assert ql.forward_residual(x, gate, res) is None, "a hooked layer was fused (the hook would not see the plain call)"
     handle.remove()
+    assert ql.forward_residual(x, gate.float(), res) is None, "an fp32 gate was fused (the plain sum promotes to fp32)"
+    assert ql.forward_residual(x, gate, res.float()) is None, "an fp32 residual was fused"
+    assert ql.forward_residual(x, gate, res.clone().requires_grad_()) is None, "the residual's gradient would be cut"
+    with torch.no_grad():
+        assert ql.forward_residual(x, gate, res.clone().requires_grad_()) is not None, "no gradient wanted: fuse"
     return "ok"
+
+
+@case("dit_w4a4_triton_vs_reference")
+def _dit_triton_vs_reference() -> str:
+    """A whole W4A4 DiT (folded, RTN, random non-zero adaLN and head) in bf16 on the Triton path, where
+    the blocks hand LayerNorm + modulate, GELU and gate + residual to the layers (forward_normed,
+    forward_residual), against the fp32 model on the reference path (the CPU numerics). The fused
+    path rounds differently from bf16 composed on the reference path (fewer 16-bit roundings), and
+    every changed rounding can flip 4-bit activation steps downstream, so the two bf16 paths are not
+    compared with each other: the fused one must be no further from fp32 than plain bf16 is (with the
+    fusions turned off the Triton path equals the bf16 reference bit for bit, checked too)."""
+    import torch
+
+    from vsrq.bench import rtn_variant
+    from vsrq.models.dit import DiTConfig, VSRDiT
+    from vsrq.quant.qlinear import QuantLinear
+
+    torch.manual_seed(11)
+    net = VSRDiT(DiTConfig(dim=48, depth=2, heads=2, window=(2, 4, 4), scale=2))
+    with torch.no_grad():
+        for p in net.parameters():  # the zero-init adaLN gates and head would hide the blocks
+            if p.dim() > 1 and not p.abs().sum():
+                p.normal_(0, 0.05)
+    q32 = rtn_variant(net, 4, 4, 0)
+    q = rtn_variant(net, 4, 4, 0).to(torch.bfloat16)
+    layers = [m for m in q.modules() if isinstance(m, QuantLinear)]
+    x = torch.rand(1, 3, 2, 12, 16)
+    up = net.upsample_residual(x)  # the bicubic part is the same on every path: compare the rest
+    calls = {"normed": 0, "residual": 0}
+    with torch.no_grad():
+        ref32 = q32(x) - up
+        for m in layers:
+            m.backend = "reference"
+        ref16 = q(x.bfloat16()).float() - up
+        for m in layers:
+            m.backend = "triton"
+            for name in calls:
+                orig = getattr(m, f"forward_{name}")
+
+                def spy(*a, _orig=orig, _name=name, **k):
+                    y = _orig(*a, **k)
+                    calls[_name] += y is not None
+                    return y
+
+                setattr(m, f"forward_{name}", spy)
+        got = q(x.bfloat16()).float() - up
+        for m in layers:
+            m.forward_normed = m.forward_residual = lambda *a, **k: None
+        plain = q(x.bfloat16()).float() - up
+    assert calls["normed"] == 4 and calls["residual"] == 4, f"fused calls {calls} (2 blocks x qkv/fc1, proj/fc2)"
+    assert torch.equal(plain, ref16), "unfused Triton path differs from the bf16 reference"
+    e_fused, e_bf16 = _rel(got, ref32), _rel(ref16, ref32)
+    assert e_fused <= 1.1 * e_bf16 + 1e-3, f"fused path {e_fused:.3g} from fp32 against bf16's {e_bf16:.3g}"
+    return f"fused {e_fused:.2e} / bf16 reference {e_bf16:.2e} from fp32"
 
 
 # ----------------------------------------------------------------------------- runner

@@ -121,7 +121,7 @@ def test_gemm_tuner_offers_tma_store_to_the_persistent_kernel_on_hopper(monkeypa
     kernel's configs with the TMA-store epilogue (GPU run 11); other archs get no TMA store."""
     from vsrq.kernels import qgemm as qg
 
-    args = {"a": torch.zeros(4, 64, dtype=torch.int8), "group": 0}
+    args = {"a": torch.zeros(4, 64, dtype=torch.int8), "group": 0, "c": torch.zeros(4, 8, dtype=torch.bfloat16)}
     monkeypatch.setattr(qg, "max_shared_memory", lambda dev: 227 * 1024)
     monkeypatch.setattr(qg, "_arch_of", lambda t: "sm90")
     cands = qg._candidates(qg.SM90_AUTO_IMPLS, args)
@@ -129,6 +129,8 @@ def test_gemm_tuner_offers_tma_store_to_the_persistent_kernel_on_hopper(monkeypa
     n = len(qg.gemm_configs("sm90", False))
     assert len(cands) == len(qg.SM90_AUTO_IMPLS) * n + n
     assert {impl for impl, _ in stores} == {"persistent"} and len(stores) == n
+    fp32_out = dict(args, c=torch.zeros(4, 8))
+    assert not any(c.get("TMA_STORE") for _, c in qg._candidates(qg.SM90_AUTO_IMPLS, fp32_out))
     monkeypatch.setattr(qg, "_arch_of", lambda t: "sm80")
     assert not any(c.get("TMA_STORE") for _, c in qg._candidates(("ptr",), args))
 

@@ -2,24 +2,17 @@
 
 The kernel itself only runs on an sm_90 GPU (scripts/bench_gemm_ws.py checks it there); here:
 the module imports whatever the installed triton's Gluon looks like, reports itself unavailable
-without CUDA or under the interpreter, and the GEMM dispatcher never launches it then.
+without CUDA or under the interpreter, and the GEMM dispatcher does not use it at all (unregistered).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
-
-_ROOT = Path(__file__).resolve().parents[2]
-
 
 def test_imports_and_reports_unavailable_without_cuda() -> None:
     from vsrq.kernels import qgemm_ws as W
@@ -29,7 +22,7 @@ def test_imports_and_reports_unavailable_without_cuda() -> None:
         assert not W.ws_available()
         assert not W.ws_available(0)
     assert not W.ws_available(torch.device("cpu"))
-    for cfg in W.WS_CONFIGS:  # every config's ring (and output staging) fits an H100's 227 KB
+    for cfg in W.WS_CONFIGS:  # every config's ring of stages fits an H100's 227 KB
         assert W._smem_bytes(cfg) + 1024 <= 227 * 1024
         assert cfg["mode"] in ("pingpong", "coop")
 
@@ -45,29 +38,12 @@ def test_declines_cpu_operands() -> None:
         W.qgemm_ws(qa, torch.rand(32, 1), qw, torch.rand(48, 1))
 
 
-_INTERP_SCRIPT = r"""
-import torch
-from vsrq.kernels import qgemm as qg
-from vsrq.kernels import qgemm_ws as W
-from vsrq.kernels.reference import qgemm_ref
-assert not W.ws_available() and not W.ws_available(0)
-def boom(*a, **k):
-    raise AssertionError("the warp-specialized kernel was launched under the interpreter")
-W.launch_ws = boom
-if hasattr(qg, "launch_ws"):
-    qg.launch_ws = boom
-qa = torch.randint(-8, 8, (24, 64), dtype=torch.int8)
-qw = torch.randint(-8, 8, (40, 64), dtype=torch.int8)
-sa, sw = torch.rand(24, 1) * 0.1, torch.rand(40, 1) * 0.1
-y = qg.qgemm(qa, sa, qw, sw, out_dtype=torch.float32)
-ref = qgemm_ref(qa, sa, qw, sw, out_dtype=torch.float32)
-assert torch.allclose(y, ref, rtol=1e-5, atol=1e-5), (y - ref).abs().max()
-print("OK")
-"""
+def test_the_dispatcher_does_not_use_it() -> None:
+    """Kept unregistered (GPU run 9: slower than `persistent` at K <= 3072): qgemm neither imports
+    nor offers it, so no implementation name or tuner candidate leads there."""
+    import inspect
 
+    from vsrq.kernels import qgemm as qg
 
-def test_dispatcher_never_picks_ws_in_interpreter() -> None:
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(_ROOT))
-    p = subprocess.run([sys.executable, "-c", _INTERP_SCRIPT], capture_output=True, text=True, env=env,
-                       cwd=str(_ROOT), timeout=300)
-    assert p.returncode == 0 and "OK" in p.stdout, p.stdout + p.stderr
+    assert "ws" not in qg.GEMM_IMPLS and "ws" not in qg.SM90_AUTO_IMPLS
+    assert "qgemm_ws" not in inspect.getsource(qg) and not hasattr(qg, "launch_ws")

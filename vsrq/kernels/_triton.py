@@ -133,7 +133,7 @@ _ANNOUNCED = False
 def _announce_tuning() -> None:
     """Say once per process why the first GPU run pauses: the tuner compiles and times every
     candidate of every new shape (about a minute for the default model on an H100, docs/PERF.md,
-    GPU run 11); later runs read the choices back."""
+    GPU run 12); later runs read the choices back."""
     global _ANNOUNCED
     if _ANNOUNCED or interpreting():
         return

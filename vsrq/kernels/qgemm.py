@@ -373,7 +373,7 @@ def _launch(impl: str, cfg: dict, args: dict) -> None:
     a_desc = TensorDescriptor(a, list(a.shape), list(a.stride()), [bm, bk])
     b_desc = TensorDescriptor(b, list(b.shape), list(b.stride()), [bn, bk])
     tma_store = bool(cfg.get("TMA_STORE")) and _tma_store_ok(c)
-    c_desc = TensorDescriptor(c, list(c.shape), list(c.stride()), [bm, bn // 2]) if tma_store else a_desc
+    c_desc = TensorDescriptor(c, list(c.shape), list(c.stride()), [bm, bn // 2]) if tma_store else None
     progs = tiles if impl == "tma" else min(tiles, num_sms(device_index(a)))
     _qgemm_tma_kernel[(progs,)](
         a_desc, b_desc, c_desc, c, *common, m, n, k, args["r"], progs,
@@ -405,9 +405,10 @@ def _candidates(impls: tuple[str, ...], args: dict) -> list[tuple[str, dict]]:
     bk_of = (lambda c: args["group"]) if args["group"] else (lambda c: c["BLOCK_K"])
     cfgs = [c for c in cfgs if _fits(c, bk_of(c), dev)] or cfgs[-1:]
     out = [(impl, c) for impl in impls for c in cfgs]
-    if arch == "sm90" and "persistent" in impls:
-        # the output through TMA stores: +0-3 % for the persistent kernel (GPU run 11), so a candidate
-        # of its own there; the one-tile-per-program kernel gained nothing and is not offered it
+    if arch == "sm90" and "persistent" in impls and args["c"].element_size() == 2:
+        # the output through TMA stores: -1 to +3 % for the persistent kernel (GPU run 11), so a
+        # candidate of its own there; the one-tile-per-program kernel gained nothing and is not offered
+        # it, nor are fp32 outputs (their staging tile does not fit beside the deepest rings)
         out += [("persistent", dict(c, TMA_STORE=1)) for c in cfgs]
     return out
 

@@ -26,12 +26,13 @@ low-rank branches, fp8 operands, non-Hopper devices, the interpreter.
 Status (docs/PERF.md, GPU run 9, H100, triton 3.6): bit-identical to ``persistent`` on every check;
 ``coop`` 128x256x128 runs at 0.89-0.93x ``persistent``'s speed where K <= 3072 and 1.04x at K=10240
 (the register-layout epilogue is not overlapped and costs ~2x Triton's), ``pingpong`` slower still; so
-it is *not* registered in ``qgemm``'s dispatcher. It stays as the base for the next steps (TMA-store
-epilogue, staggered epilogues, cluster multicast).
+it is *not* registered in ``qgemm``'s dispatcher: an experiment kept as the base for the next steps (a
+TMA-store epilogue of its own (``qgemm``'s Triton kernels got one in GPU run 11: -1 to +3 %), staggered
+epilogues, cluster multicast); nothing in vsrq calls it but scripts/bench_gemm_ws.py.
 
 Gluon's API moves between Triton versions: this was written against triton 3.6 (the GPU machine)
 and only has to *import* on newer ones (3.9 here); when the dialect is missing, :func:`ws_available`
-is False and the dispatcher never picks this kernel.
+is False.
 """
 
 from __future__ import annotations
@@ -333,7 +334,8 @@ def qgemm_ws(
     """Direct entry (benchmarks, checks): ``qgemm``'s per-channel mode on this kernel only.
 
     qa (M, K), qw (N, K) int8; sa (M, 1) fp32; sw (N, 1) fp16/fp32; bias (N,); gate, residual
-    (M, N) with unit column stride (gate may have row stride 0). Raises where unsupported.
+    (M, N) with unit column stride (gate may have row stride 0): the caller's to get right (only the
+    operands and modes are checked; raises ValueError for those).
     """
     m, k = qa.shape
     n = qw.shape[0]

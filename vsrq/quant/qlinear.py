@@ -521,9 +521,16 @@ class QuantLinear(nn.Module):
         residual applied in the GEMM epilogue on the fp32 tile before the one rounding: the layer's
         own output is never written and read back (`vsrq.models.dit.gated_residual`). Triton path
         only, like `forward_normed` (the CPU reference composes the same sum itself); None where the
-        layer declines (hooks registered on it, so per-layer instrumentation sees the plain call)."""
+        layer declines: hooks registered on it (per-layer instrumentation sees the plain call);
+        gradients wanted through the residual or the gate (the kernels are not differentiable, the
+        composed sum keeps those paths); tensors of different dtypes (the composed sum would promote,
+        the kernel writes x's dtype)."""
         n = self.out_features
         if gate.shape != (n,) or residual.shape[-1] != n or residual.shape[:-1] != x.shape[:-1]:
+            return None
+        if not (x.dtype == gate.dtype == residual.dtype):
+            return None
+        if torch.is_grad_enabled() and (residual.requires_grad or gate.requires_grad or x.requires_grad):
             return None
         if self._forward_hooks or self._forward_pre_hooks or not self._use_triton(x):
             return None
