@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -172,15 +173,20 @@ def tune_once(key: tuple, candidates: Sequence[T] | Callable[[], Sequence[T]], l
 
     _announce_tuning()
     best, best_t = None, float("inf")
+    start, failed = time.perf_counter(), 0
     for cand in candidates:
         try:
             t = do_bench(lambda: launch(cand), warmup=5, rep=20, return_mode="median")
         except Exception:  # does not compile / fit on this device: skip it
+            failed += 1
             continue
         if t < best_t:
             best, best_t = cand, t
     if best is None:
         raise RuntimeError(f"no launch config could run for {key}")
+    logging.getLogger("vsrq.kernels").debug(
+        "tuned %s in %.1f s: %d candidates (%d failed), chose %s at %.4f ms",
+        key, time.perf_counter() - start, len(candidates), failed, best, best_t)
     _TUNED[key] = best
     if not interpreting():
         _remember(key, _as_json(best))

@@ -420,8 +420,11 @@ def _tune(impls: tuple[str, ...], args: dict, key: tuple) -> tuple[str, dict]:
 
 # Implementations the tuner tries on Hopper for impl="auto", per shape. The persistent TMA kernel
 # joined in the eighth session: the fastest at M=16384, K=N=3072 in GPU runs 1 and 7 (1.56x cuBLAS
-# bf16 against 1.45x for one tile per program in run 7; docs/PERF.md).
-SM90_AUTO_IMPLS: tuple[str, ...] = ("ptr", "tma", "persistent")
+# bf16 against 1.45x for one tile per program in run 7; docs/PERF.md). The pointer kernel left the set
+# in the ninth session: it won no tuned shape on the H100 (runs 7, 11, 12) and its candidates were a
+# quarter of the first run's tuning pause (63.8 -> 50.2 s, GPU run 12); it stays the fallback where TMA
+# cannot serve (unaligned rows, pre-Hopper GPUs).
+SM90_AUTO_IMPLS: tuple[str, ...] = ("tma", "persistent")
 
 
 def qgemm(
