@@ -641,6 +641,10 @@ def _qres_declines() -> str:
     handle = ql.register_forward_hook(lambda *a: None)
     assert ql.forward_residual(x, gate, res) is None, "a hooked layer was fused (the hook would not see the plain call)"
     handle.remove()
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(lambda *a: None)
+    assert ql.forward_residual(x, gate, res) is None, "fused under a global module hook"
+    assert ql.forward_normed(x, 1e-6, None, None) is None, "norm fused under a global module hook"
+    handle.remove()
     assert ql.forward_residual(x, gate.float(), res) is None, "an fp32 gate was fused (the plain sum promotes to fp32)"
     assert ql.forward_residual(x, gate, res.float()) is None, "an fp32 residual was fused"
     assert ql.forward_residual(x, gate, res.clone().requires_grad_()) is None, "the residual's gradient would be cut"

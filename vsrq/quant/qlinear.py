@@ -516,6 +516,14 @@ class QuantLinear(nn.Module):
             y = self._add_binary(y, x2, *epilogue, x.dtype)
         return y.reshape(*lead, n)
 
+    def _hooked(self) -> bool:
+        """Forward hooks on this layer or on every module (`register_module_forward_hook`): then the
+        fused entry points decline, so the hooks see the plain call with its own input and output."""
+        from torch.nn.modules import module as _m
+
+        return bool(self._forward_hooks or self._forward_pre_hooks
+                    or _m._global_forward_hooks or _m._global_forward_pre_hooks)
+
     def forward_residual(self, x: torch.Tensor, gate: torch.Tensor, residual: torch.Tensor) -> torch.Tensor | None:
         """residual + gate * self(x) with gate (N,) one vector for every token, the gate and the
         residual applied in the GEMM epilogue on the fp32 tile before the one rounding: the layer's
@@ -532,7 +540,7 @@ class QuantLinear(nn.Module):
             return None
         if torch.is_grad_enabled() and (residual.requires_grad or gate.requires_grad or x.requires_grad):
             return None
-        if self._forward_hooks or self._forward_pre_hooks or not self._use_triton(x):
+        if self._hooked() or not self._use_triton(x):
             return None
         return self.forward(x, gate, residual)
 
@@ -547,13 +555,13 @@ class QuantLinear(nn.Module):
         fused path computes the norm in fp32 without rounding to 16 bits in between, as the CPU
         reference (an fp32 model) does. ``activation`` ("gelu_tanh") applies the activation that
         follows the layer in the GEMM epilogue (on the fp32 output, before the one rounding).
-        Declines too while hooks are registered on the layer itself, so the engine's per-layer
-        instrumentation (calibration, flicker statistics) sees the plain call (global module hooks
-        and hooks on the LayerNorm are not looked at)."""
+        Declines too while forward hooks are registered on the layer or globally (`_hooked`), so the
+        engine's per-layer instrumentation (calibration, flicker statistics) sees the plain call
+        (hooks on the LayerNorm itself are not looked at)."""
         k, n = self.in_features, self.out_features
         if self.binary_k or self.hadamard_block or self.rank or x.shape[-1] != k or not self._use_triton(x):
             return None
-        if self._forward_hooks or self._forward_pre_hooks or (activation and self.activation):
+        if self._hooked() or (activation and self.activation):
             return None
         act = activation or self.activation
         from vsrq.kernels.act_quant import tile_serves
