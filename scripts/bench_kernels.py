@@ -438,7 +438,7 @@ def timing(shapes: list[tuple[int, int, int]], sweep: bool, budget_s: float) -> 
         row(shape, "int4->int8 weight unpack alone", t_unpack, L.ops(), t_bf16)
         t_aq = bench(lambda: act_quant(L.x, 4, smooth=L.smooth, lora_down=L.ld))
         row(shape, "act-quant alone (smooth + r32 down) [two-pass]", t_aq, L.ops(), t_bf16)
-        for two, tag in ((False, "auto"), (True, "two-pass")):
+        for two, tag in ((False, "auto: whole-row tile"), (True, "two-pass")):
             t_aq0 = bench(lambda: act_quant(L.x, 4, two_pass=two))
             row(shape, f"act-quant alone (plain) [{tag}]", t_aq0, L.ops(), t_bf16)
         t_c = bench(lambda: w4a4_full(L, L.w4, impl, cfg))
