@@ -32,7 +32,7 @@ from vsrq.kernels._triton import (
     tune_once,
 )
 
-__all__ = ["qgemm", "GEMM_IMPLS", "gemm_configs"]
+__all__ = ["qgemm", "gemm_args", "GEMM_IMPLS", "gemm_configs"]
 
 GEMM_IMPLS = ("auto", "ptr", "tma", "persistent")
 
@@ -427,7 +427,7 @@ def _tune(impls: tuple[str, ...], args: dict, key: tuple) -> tuple[str, dict]:
 SM90_AUTO_IMPLS: tuple[str, ...] = ("tma", "persistent")
 
 
-def qgemm(
+def gemm_args(
     qa: torch.Tensor,
     sa: torch.Tensor,
     qw: torch.Tensor,
@@ -442,19 +442,11 @@ def qgemm(
     residual: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.bfloat16,
     out: torch.Tensor | None = None,
-    impl: str = "auto",
-    config: dict | None = None,
     fp8_acc_k: int = 0,
-) -> torch.Tensor:
-    """y = epilogue(sum_g sa sw (qa . qw - z rowsum)); the Triton twin of ``qgemm_ref``.
-
-    qa (M, K) and qw (N, K) are int8 containers (or both float8_e4m3fn for the fp8
-    variant); sa (M, 1|G) fp32, sw (N, 1|G) fp16/fp32, wzero (N, 1|G) integer zero
-    points with ``rowsum`` (M, G) int32 from the activation kernel. ``config`` pins a
-    launch config (else a cached one-time tuning picks one); ``out`` receives y.
-    """
-    if impl not in GEMM_IMPLS:
-        raise ValueError(f"impl must be one of {GEMM_IMPLS}")
+) -> dict:
+    """`qgemm`'s operands checked and gathered into the dict every implementation launches from
+    (the output under "c", allocated unless ``out`` is given); one place for the checks, shared by
+    the Triton kernels and the experimental Gluon kernel of GPU run 9 (not dispatched to)."""
     if qa.dim() != 2 or qw.dim() != 2 or qa.shape[1] != qw.shape[1]:
         raise ValueError(f"bad GEMM operands {tuple(qa.shape)} x {tuple(qw.shape)}^T")
     fp8 = qa.dtype == getattr(torch, "float8_e4m3fn", None)
@@ -496,9 +488,7 @@ def qgemm(
     c = out if out is not None else torch.empty((m, n), dtype=out_dtype, device=dev)
     if c.shape != (m, n) or c.stride(1) != 1:
         raise ValueError("out must be (M, N) with unit column stride")
-    if m == 0 or n == 0:
-        return c
-    if k == 0:
+    if k == 0 and m and n:
         raise ValueError("K must be positive")
 
     sa = sa.float() if sa.dtype != torch.float32 else sa
@@ -527,6 +517,46 @@ def qgemm(
             gate.stride(0) if gate is not None else 0, residual.stride(0) if residual is not None else 0,
         ),
     }
+    return args
+
+
+def qgemm(
+    qa: torch.Tensor,
+    sa: torch.Tensor,
+    qw: torch.Tensor,
+    sw: torch.Tensor,
+    wzero: torch.Tensor | None = None,
+    rowsum: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    lowrank: torch.Tensor | None = None,
+    lora_up: torch.Tensor | None = None,
+    activation: str | None = None,
+    gate: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+    out: torch.Tensor | None = None,
+    impl: str = "auto",
+    config: dict | None = None,
+    fp8_acc_k: int = 0,
+) -> torch.Tensor:
+    """y = epilogue(sum_g sa sw (qa . qw - z rowsum)); the Triton twin of ``qgemm_ref``.
+
+    qa (M, K) and qw (N, K) are int8 containers (or both float8_e4m3fn for the fp8
+    variant); sa (M, 1|G) fp32, sw (N, 1|G) fp16/fp32, wzero (N, 1|G) integer zero
+    points with ``rowsum`` (M, G) int32 from the activation kernel. ``config`` pins a
+    launch config (else a cached one-time tuning picks one); ``out`` receives y.
+    """
+    if impl not in GEMM_IMPLS:
+        raise ValueError(f"impl must be one of {GEMM_IMPLS}")
+    args = gemm_args(qa, sa, qw, sw, wzero=wzero, rowsum=rowsum, bias=bias, lowrank=lowrank, lora_up=lora_up,
+                     activation=activation, gate=gate, residual=residual, out_dtype=out_dtype, out=out,
+                     fp8_acc_k=fp8_acc_k)
+    c = args["c"]
+    m, k = qa.shape
+    n = qw.shape[0]
+    if m == 0 or n == 0:
+        return c
+    group, asym, fp8, has_lora = args["group"], args["asym"], args["fp8"], args["has_lora"]
     if impl in ("tma", "persistent") and not _tma_ok(qa, qw):
         impl = "ptr"  # TMA needs Hopper and 16-byte aligned rows
     if config is None and _arch_of(qa) == "interp":
@@ -534,7 +564,7 @@ def qgemm(
     elif config is None:
         impls = (SM90_AUTO_IMPLS if _tma_ok(qa, qw) else ("ptr",)) if impl == "auto" else (impl,)
         key = (impls, _m_bucket(m), n, k, group, asym, fp8, fp8_acc_k, has_lora, activation, args["has_gate"],
-               residual is not None, c.dtype, str(dev))
+               residual is not None, c.dtype, str(qa.device))
         impl, config = _tune(impls, args, key)
     elif impl == "auto":
         impl = "tma" if _tma_ok(qa, qw) else "ptr"

@@ -40,6 +40,7 @@ from __future__ import annotations
 import torch
 
 from vsrq.kernels._triton import capability, device_index, interpreting, max_shared_memory, num_sms
+from vsrq.kernels.qgemm import gemm_args
 
 __all__ = ["ws_available", "ws_supports", "launch_ws", "ws_configs", "qgemm_ws", "GLUON_ERROR"]
 
@@ -331,27 +332,12 @@ def qgemm_ws(
     out: torch.Tensor | None = None,
     config: dict | None = None,
 ) -> torch.Tensor:
-    """Direct entry (benchmarks, checks): ``qgemm``'s per-channel mode on this kernel only.
-
-    qa (M, K), qw (N, K) int8; sa (M, 1) fp32; sw (N, 1) fp16/fp32; bias (N,); gate, residual
-    (M, N) with unit column stride (gate may have row stride 0): the caller's to get right (only the
-    operands and modes are checked; raises ValueError for those).
-    """
-    m, k = qa.shape
-    n = qw.shape[0]
-    c = out if out is not None else torch.empty((m, n), dtype=out_dtype, device=qa.device)
-    sa = sa.float() if sa.dtype != torch.float32 else sa
-    dummy = sa
-    args = {
-        "a": qa, "b": qw, "c": c, "sa": sa, "sw": sw,
-        "bias": bias.to(device=qa.device, dtype=torch.float32).contiguous() if bias is not None else dummy,
-        "gate": gate if gate is not None else dummy, "res": residual if residual is not None else dummy,
-        "group": 0, "asym": False, "fp8": False, "has_lora": False, "has_bias": bias is not None,
-        "gelu": activation == "gelu_tanh", "has_gate": gate is not None, "has_res": residual is not None,
-        "strides": (sa.stride(0), 0, sw.stride(0), 0, 0, 0, 0, 0, 0,
-                    gate.stride(0) if gate is not None else 0, residual.stride(0) if residual is not None else 0),
-    }
-    if sa.shape != (m, 1) or sw.shape != (n, 1):
+    """Direct entry (benchmarks, checks): ``qgemm``'s per-channel mode on this kernel only; the
+    operands are checked by ``qgemm``'s own `gemm_args` (ValueError where they are not)."""
+    args = gemm_args(qa, sa, qw, sw, bias=bias, activation=activation, gate=gate, residual=residual,
+                     out_dtype=out_dtype, out=out)
+    c = args["c"]
+    if args["group"] or sa.shape[1] != 1 or sw.shape[1] != 1:
         raise ValueError("qgemm_ws takes per-token (M, 1) and per-channel (N, 1) scales only")
     if not ws_supports(args):
         raise ValueError("qgemm_ws: operands or device not supported (needs sm_90, int8, 16-byte rows)")
