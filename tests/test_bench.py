@@ -37,3 +37,5 @@ def test_bench_sizes_are_checked_before_anything_is_built():
 def test_bench_cuda_graphs_needs_compile():
     result = CliRunner().invoke(app, ["bench", "--cuda-graphs"])
     assert result.exit_code == 2 and "--cuda-graphs needs --compile" in result.stderr
+    result = CliRunner().invoke(app, ["bench", "--compile", "--cuda-graphs", "--device", "cpu"])
+    assert result.exit_code == 2 and "--cuda-graphs needs a CUDA device" in result.stderr

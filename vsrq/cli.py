@@ -486,6 +486,11 @@ def bench(
             fail("--config must be JSON", 2)
     if cuda_graphs and not compile:
         fail("--cuda-graphs needs --compile", 2)
+    if cuda_graphs:
+        from vsrq.pipeline.device import pick_device
+
+        if pick_device(device).type != "cuda":
+            fail("--cuda-graphs needs a CUDA device", 2)
     result = run_bench(model=model, config=cfg, input=input, size=(w, h), frames=frames, device=device, chunk=chunk,
                        precisions=plist, rank=rank, repeat=repeat, layers=layers, pipeline=pipeline, compile=compile,
                        cuda_graphs=cuda_graphs)
