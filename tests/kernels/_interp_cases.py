@@ -707,6 +707,11 @@ def _dit_triton_vs_reference() -> str:
     return f"fused {e_fused:.2e} / bf16 reference {e_bf16:.2e} from fp32"
 
 
+from _interp_conv3d import CASES as _CONV3D_CASES  # noqa: E402  (tests/kernels is on sys.path both ways)
+
+CASES.update(_CONV3D_CASES)
+
+
 # ----------------------------------------------------------------------------- runner
 
 
