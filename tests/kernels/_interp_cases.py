@@ -711,6 +711,10 @@ from _interp_conv3d import CASES as _CONV3D_CASES  # noqa: E402  (tests/kernels 
 
 CASES.update(_CONV3D_CASES)
 
+from _interp_vae import CASES as _VAE_CASES  # noqa: E402
+
+CASES.update(_VAE_CASES)
+
 
 # ----------------------------------------------------------------------------- runner
 

@@ -7,6 +7,12 @@ every (video, group, frame) come from torch reductions over the whole chunk (acc
 and one elementwise kernel normalises, applies the affine and SiLU in fp32 registers and writes
 the activation dtype: no fp32 copy of the activations is ever stored.
 
+Channels-last activations (`torch.channels_last_3d`, what the VAE uses on the GPU so that cuDNN's
+convolutions need no layout conversions) get their statistics from a Triton kernel that reads each
+frame once, and the result can be written straight into a caller's buffer (`out`: the body of a causal
+conv's input, after its cached head frames), which saves the concatenation a causal conv otherwise
+needs.
+
 `group_norm_act_ref` is the reference (and the CPU path): the same math with torch ops.
 """
 
@@ -17,7 +23,7 @@ import torch.nn.functional as F
 
 from vsrq.kernels._triton import can_run_triton
 
-__all__ = ["frame_group_stats", "group_norm_act", "group_norm_act_ref"]
+__all__ = ["frame_group_stats", "group_norm_act", "group_norm_act_ref", "is_channels_last_body"]
 
 
 def frame_group_stats(x: torch.Tensor, groups: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,13 +52,46 @@ def group_norm_act_ref(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, 
     return y.view(b, c, t, h, w).to(x.dtype)
 
 
+def is_channels_last_body(t: torch.Tensor) -> bool:
+    """Memory (B, T, H, W, C) with each video's elements contiguous (any batch stride): a
+    channels_last_3d tensor, or a slice of one along T."""
+    b, c, f, h, w = t.shape
+    if c > 1 and t.stride(1) != 1:
+        return False
+    return (w == 1 or t.stride(4) == c) and (h == 1 or t.stride(3) == w * c) and (f == 1 or t.stride(2) == h * w * c)
+
+
+def _cl_kernel_fits(c: int, groups: int) -> bool:
+    pow2 = lambda n: n > 0 and n & (n - 1) == 0  # noqa: E731
+    return pow2(c) and pow2(groups) and c % groups == 0 and c <= 1024
+
+
 def group_norm_act(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float,
-                   act: bool = True) -> torch.Tensor:
-    """Per-frame GroupNorm (+ SiLU) of x (B, C, T, H, W); Triton on CUDA, the reference elsewhere."""
+                   act: bool = True, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-frame GroupNorm (+ SiLU) of x (B, C, T, H, W); Triton on CUDA, the reference elsewhere.
+
+    `out` (same shape, any float dtype) receives the result and is returned; without it a new tensor
+    in x's dtype and layout is returned. Channels-last inputs stay channels-last.
+    """
+    if out is not None and out.shape != x.shape:
+        raise ValueError(f"out has shape {tuple(out.shape)}, x {tuple(x.shape)}")
+    if can_run_triton(x) and is_channels_last_body(x) and _cl_kernel_fits(x.shape[1], groups):
+        from vsrq.kernels.group_norm_triton import frame_group_stats_cl_triton, group_norm_act_cl_triton
+
+        if out is None:
+            out = torch.empty_like(x, memory_format=torch.channels_last_3d)
+        if is_channels_last_body(out):
+            mean, rstd = frame_group_stats_cl_triton(x, groups, eps)
+            return group_norm_act_cl_triton(x, mean, rstd, weight, bias, act, out)
+    cl = x.dim() == 5 and is_channels_last_body(x) and x.shape[1] > 1
     x = x.contiguous()
     mean, rstd = frame_group_stats(x, groups, eps)
-    if not can_run_triton(x):
-        return group_norm_act_ref(x, mean, rstd, weight, bias, act)
-    from vsrq.kernels.group_norm_triton import group_norm_act_triton
+    if can_run_triton(x):
+        from vsrq.kernels.group_norm_triton import group_norm_act_triton
 
-    return group_norm_act_triton(x, mean, rstd, weight, bias, act)
+        y = group_norm_act_triton(x, mean, rstd, weight, bias, act)
+    else:
+        y = group_norm_act_ref(x, mean, rstd, weight, bias, act)
+    if out is not None:
+        return out.copy_(y)
+    return y.contiguous(memory_format=torch.channels_last_3d) if cl else y

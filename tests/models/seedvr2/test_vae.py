@@ -171,3 +171,23 @@ def test_unreadable_checkpoint_is_model_error(tmp_path):
     p.write_bytes(b"not a checkpoint")
     with pytest.raises(ModelError, match="cannot read SeedVR2 VAE checkpoint"):
         load_official_vae(p, SeedVR2VAEConfig.preset("tiny"))
+
+
+@pytest.mark.parametrize("band", [None, 20_000])
+def test_channels_last_pass_equals_channel_first(band):
+    """The GPU layout (channels-last activations written into the convs' buffers) computes the same
+    function as the channel-first one, chunked, row-banded or not."""
+    m = _random_vae("small", seed=6)
+    m.conv_max_bytes = band
+    video = torch.rand(1, 3, 9, 16, 24) * 2 - 1
+    ref_mean, ref_logvar = m.encode_moments(video)
+    ref_dec = m.decode_raw(ref_mean)
+    m.channels_last = True
+    mean, logvar = m.encode_moments(video)
+    assert m.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(mean, ref_mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logvar, ref_logvar, rtol=1e-5, atol=1e-5)
+    dec = m.decode_raw(ref_mean)
+    torch.testing.assert_close(dec, ref_dec, rtol=1e-5, atol=1e-5)
+    m.channels_last = False
+    torch.testing.assert_close(m.decode_raw(ref_mean), ref_dec, rtol=0, atol=0)

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vsrq.kernels.channel_bias import add_channel_bias_
 from vsrq.kernels.group_norm import group_norm_act
 
 __all__ = ["SeedVR2VAEConfig", "SeedVR2VAE"]
@@ -101,12 +102,15 @@ class SeedVR2VAEConfig:
 
 
 class _Stream:
-    """State of one causal pass over a clip: per-conv tail frames, and whether this is chunk 0."""
+    """State of one causal pass over a clip: per-conv tail frames, whether this is chunk 0, and the
+    memory format the pass keeps its activations in (channels-last on the GPU: cuDNN's kernels are
+    NHWC, so channel-first activations cost a layout conversion around every conv)."""
 
-    def __init__(self, conv_max_bytes: float | None) -> None:
+    def __init__(self, conv_max_bytes: float | None, fmt: torch.memory_format = torch.contiguous_format) -> None:
         self.tails: dict[nn.Module, Tensor] = {}
         self.first = True
         self.conv_max_bytes = conv_max_bytes
+        self.fmt = fmt
 
 
 def _row_bands(n_out: int, n_bands: int) -> list[tuple[int, int]]:
@@ -115,41 +119,67 @@ def _row_bands(n_out: int, n_bands: int) -> list[tuple[int, int]]:
     return [(o, min(n_out, o + step)) for o in range(0, n_out, step)]
 
 
-def causal_conv(conv: nn.Module, x: Tensor, stream: _Stream) -> Tensor:
-    """Run a Conv3d (temporal padding 0, spatial padding on the module) causally in time.
+def conv_input(conv: nn.Module, stream: _Stream, shape: tuple[int, ...], dtype: torch.dtype,
+               device: torch.device, pad_end: int = 0) -> tuple[Tensor, Tensor]:
+    """The input buffer of a causal conv, and the body of it that the producer fills.
 
-    The chunk is prefixed with the cached tail of the previous chunk, or with ``kernel_t - 1``
-    copies of its first frame at the start of the clip. Only ``kernel_size``, ``stride``,
-    ``padding`` and ``__call__`` of `conv` are used, so a quantized drop-in module works.
-    If the prefixed input is larger than ``stream.conv_max_bytes`` the conv runs over row bands
-    (each band with its halo rows), which is exact.
+    The buffer holds the head frames first (the cached tail of the previous chunk, or room for
+    ``kernel_t - 1`` copies of the body's first frame at the start of the clip), then the body's
+    ``shape`` (B, C, T, H, W); ``pad_end`` zero rows and columns follow at the bottom/right (the
+    encoder's downsampler). Writing the body in place is what saves the concatenation (a full copy
+    of every conv's input) that prefixing frames would otherwise cost.
+    """
+    kt = conv.kernel_size[0]
+    cached = stream.tails.get(conv)
+    n_head = 0 if kt == 1 else (cached.shape[2] if cached is not None else kt - 1)
+    b, c, t, h, w = shape
+    buf = torch.empty(b, c, n_head + t, h + pad_end, w + pad_end, dtype=dtype, device=device,
+                      memory_format=stream.fmt)
+    if pad_end:
+        buf[:, :, :, h:].zero_()
+        buf[:, :, :, :h, w:].zero_()
+    return buf, buf[:, :, n_head:, :h, :w]
+
+
+def _apply_conv(conv: nn.Module, x: Tensor, stream: _Stream, residual: Tensor | None = None) -> Tensor:
+    """conv(x) (+ residual). For a plain Conv3d on channels-last activations the conv runs without
+    bias and one pass adds bias and residual (`vsrq.kernels.channel_bias`: torch's own bias add
+    after a cuDNN conv3d does not vectorise and took ~13 % of a 1080p decode on an H100)."""
+    if type(conv) is not nn.Conv3d or conv.bias is None or stream.fmt != torch.channels_last_3d:
+        y = conv(x)
+        return y if residual is None else y.add_(residual)
+    y = F.conv3d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return add_channel_bias_(y, conv.bias, residual)
+
+
+def run_conv(conv: nn.Module, stream: _Stream, buf: Tensor, residual: Tensor | None = None) -> Tensor:
+    """Finish a buffer from `conv_input` (head frames, the tail kept for the next chunk) and run `conv`.
+
+    Only ``kernel_size``, ``stride``, ``padding`` and ``__call__`` of `conv` are used, so a
+    quantized drop-in module works. ``residual`` (the output's shape) is added to the result. A
+    buffer larger than ``stream.conv_max_bytes`` is convolved over row bands (each band with its
+    halo rows), which is exact.
     """
     kt, st = conv.kernel_size[0], conv.stride[0]
-    head: Tensor | None = None
     if kt > 1:
-        head = stream.tails.get(conv)
-        if head is None:
-            head = x[:, :, :1].expand(-1, -1, kt - 1, -1, -1)
-    keep = kt - st
-    if keep > 0:
-        full_t = x.shape[2] + (head.shape[2] if head is not None else 0)
-        if keep > full_t:
-            raise ValueError("causal chunk too short for the conv's temporal cache")
-        if keep <= x.shape[2]:
-            tail = x[:, :, -keep:]
+        cached = stream.tails.get(conv)
+        n_head = cached.shape[2] if cached is not None else kt - 1
+        if cached is not None:
+            buf[:, :, :n_head] = cached
         else:
-            tail = torch.cat([head[:, :, x.shape[2] - keep :], x], dim=2)  # type: ignore[index]
-        stream.tails[conv] = tail.clone()  # a copy, so the chunk itself can be freed
+            buf[:, :, :n_head] = buf[:, :, n_head : n_head + 1]
+        keep = kt - st
+        if keep > 0:
+            if keep > buf.shape[2]:
+                raise ValueError("causal chunk too short for the conv's temporal cache")
+            stream.tails[conv] = buf[:, :, buf.shape[2] - keep :].clone()  # the buffer can be freed
 
-    b, c, t, h, w = x.shape
-    t_in = t + (head.shape[2] if head is not None else 0)
-    in_bytes = b * c * t_in * h * w * x.element_size()
+    h = buf.shape[3]
     kh, sh, ph = conv.kernel_size[1], conv.stride[1], conv.padding[1]
     limit = stream.conv_max_bytes
+    in_bytes = buf.numel() * buf.element_size()
     if limit is None or in_bytes <= limit or ph % sh != 0:
-        if head is not None:
-            x = torch.cat([head.to(x.dtype), x], dim=2)
-        return conv(x)
+        return _apply_conv(conv, buf, stream, residual)
 
     # Row-banded: output rows [o0, o1) need input rows [o0*sh - ph, (o1-1)*sh - ph + kh).
     h_out = (h + 2 * ph - kh) // sh + 1
@@ -157,24 +187,47 @@ def causal_conv(conv: nn.Module, x: Tensor, stream: _Stream) -> Tensor:
     for o0, o1 in _row_bands(h_out, math.ceil(in_bytes / limit)):
         a = max(0, o0 * sh - ph)
         z = min(h, (o1 - 1) * sh - ph + kh)
-        xb = x[:, :, :, a:z]
-        if head is not None:
-            xb = torch.cat([head[:, :, :, a:z].to(x.dtype), xb], dim=2)
-        yb = conv(xb)
+        yb = _apply_conv(conv, buf[:, :, :, a:z], stream)
         j0 = (o0 * sh - a) // sh  # band output row of global row o0 (exact: ph % sh == 0)
         yb = yb[:, :, :, j0 : j0 + (o1 - o0)]
         if out is None:
-            out = yb.new_empty(yb.shape[0], yb.shape[1], yb.shape[2], h_out, yb.shape[4])
+            out = torch.empty(yb.shape[0], yb.shape[1], yb.shape[2], h_out, yb.shape[4], dtype=yb.dtype,
+                              device=yb.device, memory_format=stream.fmt)
         out[:, :, :, o0:o1] = yb
-        del xb, yb
+        del yb
     assert out is not None
-    return out
+    return out if residual is None else out.add_(residual)
 
 
-def _norm_act(norm: nn.GroupNorm, x: Tensor, act: bool = True) -> Tensor:
+def causal_conv(conv: nn.Module, x: Tensor, stream: _Stream, pad_end: int = 0) -> Tensor:
+    """Run a Conv3d (temporal padding 0, spatial padding on the module) causally in time.
+
+    The chunk is prefixed with the cached tail of the previous chunk, or with ``kernel_t - 1``
+    copies of its first frame at the start of the clip (`conv_input` / `run_conv`); ``pad_end``
+    zero rows/columns are added at the bottom/right. Convs whose input comes from a GroupNorm use
+    `norm_conv`, which writes the normalised chunk into the buffer instead of copying it.
+    """
+    if conv.kernel_size[0] == 1 and not pad_end:
+        return _apply_conv(conv, x.contiguous(memory_format=stream.fmt), stream)
+    buf, body = conv_input(conv, stream, tuple(x.shape), x.dtype, x.device, pad_end)
+    body.copy_(x)
+    return run_conv(conv, stream, buf)
+
+
+def _norm_act(norm: nn.GroupNorm, x: Tensor, act: bool = True, out: Tensor | None = None) -> Tensor:
     """GroupNorm of every frame on its own (as the official per-frame batching), then SiLU; one
     pass over the chunk (vsrq/kernels/group_norm.py says why not nn.GroupNorm per frame)."""
-    return group_norm_act(x, norm.num_groups, norm.weight, norm.bias, norm.eps, act)
+    return group_norm_act(x, norm.num_groups, norm.weight, norm.bias, norm.eps, act, out=out)
+
+
+def norm_conv(norm: nn.GroupNorm, conv: nn.Module, x: Tensor, stream: _Stream,
+              residual: Tensor | None = None) -> Tensor:
+    """conv(SiLU(GroupNorm(x))) (+ residual) causally, the normalised chunk written straight into
+    the conv's buffer."""
+    buf, body = conv_input(conv, stream, (x.shape[0], x.shape[1], x.shape[2], x.shape[3], x.shape[4]),
+                           x.dtype, x.device)
+    _norm_act(norm, x, out=body)
+    return run_conv(conv, stream, buf, residual)
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -192,11 +245,10 @@ class ResnetBlock(nn.Module):
         self.conv_shortcut = nn.Conv3d(cin, cout, 1) if cin != cout else None
 
     def forward(self, x: Tensor, stream: _Stream) -> Tensor:
-        h = causal_conv(self.conv1, _norm_act(self.norm1, x), stream)
-        h = causal_conv(self.conv2, _norm_act(self.norm2, h), stream)
+        h = norm_conv(self.norm1, self.conv1, x, stream)
         if self.conv_shortcut is not None:
             x = causal_conv(self.conv_shortcut, x, stream)
-        return h.add_(x)
+        return norm_conv(self.norm2, self.conv2, h, stream, residual=x)
 
 
 class SpatialAttention(nn.Module):
@@ -212,14 +264,14 @@ class SpatialAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, t, h, w = x.shape
-        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+        out = torch.empty_like(x)
         for i in range(t):
-            frame = x[:, :, i].contiguous()
-            tok = self.group_norm(frame).reshape(b, c, h * w).transpose(1, 2)
+            frame = x[:, :, i]
+            tok = self.group_norm(frame).permute(0, 2, 3, 1).reshape(b, h * w, c)  # a view when channels-last
             q, k, v = self.to_q(tok), self.to_k(tok), self.to_v(tok)
             a = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
-            a = self.to_out[0](a).transpose(1, 2).reshape(b, c, h, w)
-            out[:, :, i] = a + frame
+            a = self.to_out[0](a).view(b, h, w, c)
+            out[:, :, i].permute(0, 2, 3, 1).copy_(a + frame.permute(0, 2, 3, 1))
         return out
 
 
@@ -246,7 +298,7 @@ class Downsample(nn.Module):
         self.conv = nn.Conv3d(channels, channels, (kt, 3, 3), stride=(st, 2, 2), padding=0)
 
     def forward(self, x: Tensor, stream: _Stream) -> Tensor:
-        return causal_conv(self.conv, F.pad(x, (0, 1, 0, 1)), stream)
+        return causal_conv(self.conv, x, stream, pad_end=1)
 
 
 class Upsample(nn.Module):
@@ -258,27 +310,30 @@ class Upsample(nn.Module):
         self.upscale_conv = nn.Conv3d(channels, channels * 4 * self.tz, 1)
         self.conv = nn.Conv3d(channels, channels, 3, padding=(0, 1, 1))
 
-    def _shuffle(self, y: Tensor) -> Tensor:
-        # channel index = ((sx * 2 + sy) * tz + z) * C + c  ->  (b, c, t*tz, h*2, w*2)
+    def _shuffled(self, y: Tensor) -> Tensor:
+        """(b, 4*tz*c, t, h, w) -> a (b, c, t, tz, h, 2, w, 2) view whose reshape is the upsampled
+        (b, c, t*tz, 2h, 2w); channel index = ((sx * 2 + sy) * tz + z) * C + c."""
         b, _, t, h, w = y.shape
         c = y.shape[1] // (4 * self.tz)
-        y = y.view(b, 2, 2, self.tz, c, t, h, w).permute(0, 4, 5, 3, 6, 1, 7, 2)
-        return y.reshape(b, c, t * self.tz, h * 2, w * 2)
+        return y.view(b, 2, 2, self.tz, c, t, h, w).permute(0, 4, 5, 3, 6, 1, 7, 2)
 
     def forward(self, x: Tensor, stream: _Stream) -> Tensor:
         b, c, t, h, w = x.shape
         drop = 1 if (self.tz == 2 and stream.first) else 0  # frame 0's duplicate, start of clip only
-        out = x.new_empty(b, c, t * self.tz - drop, 2 * h, 2 * w)
-        out_bytes = out.numel() * out.element_size() * 2  # upscaled + shuffled copy
+        buf, body = conv_input(self.conv, stream, (b, c, t * self.tz - drop, 2 * h, 2 * w), x.dtype, x.device)
+        out_bytes = body.numel() * body.element_size() * 2  # upscaled + shuffled copy
         limit = stream.conv_max_bytes
         n_bands = 1 if limit is None else max(1, math.ceil(out_bytes / limit))
         for r0, r1 in _row_bands(h, n_bands):  # pointwise conv: row bands need no halo
-            y = self._shuffle(self.upscale_conv(x[:, :, :, r0:r1]))
+            y = self._shuffled(_apply_conv(self.upscale_conv, x[:, :, :, r0:r1], stream))
+            rows = body[:, :, :, 2 * r0 : 2 * r1]
             if drop:
-                y = torch.cat([y[:, :, :1], y[:, :, 2:]], dim=2)
-            out[:, :, :, 2 * r0 : 2 * r1] = y
+                y = y.reshape(b, c, t * self.tz, 2 * (r1 - r0), 2 * w)
+                rows.copy_(torch.cat([y[:, :, :1], y[:, :, 2:]], dim=2))
+            else:  # written straight into the conv's buffer: one strided copy
+                rows.view(b, c, t, self.tz, r1 - r0, 2, w, 2).copy_(y)
             del y
-        return causal_conv(self.conv, out, stream)
+        return run_conv(self.conv, stream, buf)
 
 
 class DownBlock(nn.Module):
@@ -337,7 +392,7 @@ class Encoder(nn.Module):
         for blk in self.down_blocks:
             x = blk(x, stream)
         x = self.mid_block(x, stream)
-        return causal_conv(self.conv_out, _norm_act(self.conv_norm_out, x), stream)
+        return norm_conv(self.conv_norm_out, self.conv_out, x, stream)
 
 
 class Decoder(nn.Module):
@@ -362,7 +417,7 @@ class Decoder(nn.Module):
         x = self.mid_block(x, stream)
         for blk in self.up_blocks:
             x = blk(x, stream)
-        return causal_conv(self.conv_out, _norm_act(self.conv_norm_out, x), stream)
+        return norm_conv(self.conv_norm_out, self.conv_out, x, stream)
 
 
 # ----------------------------------------------------------------------------- the VAE
@@ -380,8 +435,22 @@ class SeedVR2VAE(nn.Module):
         self.config = config or SeedVR2VAEConfig()
         self.encoder = Encoder(self.config)
         self.decoder = Decoder(self.config)
-        # Inputs of one conv call above this are split into exact row bands (official: 0.5 GiB).
-        self.conv_max_bytes: float | None = 0.5 * 1024**3
+        # Conv inputs above this many bytes are split into exact row bands (the official code splits
+        # at 0.5 GiB). Off: with the inputs assembled in place (`conv_input`) bands only add copies;
+        # on an H100 at 1080p they cost 15 % of the decode and saved no peak memory (docs/PERF.md).
+        self.conv_max_bytes: float | None = None
+        # Activations channels-last (cuDNN's native layout): None = on CUDA only.
+        self.channels_last: bool | None = None
+
+    def _stream(self, device: torch.device) -> _Stream:
+        """A fresh causal pass; in channels-last mode the conv weights are made channels-last too
+        (once), so that cuDNN converts nothing."""
+        cl = device.type == "cuda" if self.channels_last is None else self.channels_last
+        fmt = torch.channels_last_3d if cl else torch.contiguous_format
+        w = self.encoder.conv_in.weight
+        if not w.is_contiguous(memory_format=fmt):
+            self.to(memory_format=fmt)
+        return _Stream(self.conv_max_bytes, fmt)
 
     # -- raw (unscaled, channel-first) passes ---------------------------------------------
 
@@ -406,7 +475,7 @@ class SeedVR2VAE(nn.Module):
         if chunk_frames is not None and chunk_frames % tf:
             raise ValueError(f"chunk_frames must be a multiple of {tf}")
         dtype = next(self.parameters()).dtype
-        stream = _Stream(self.conv_max_bytes)
+        stream = self._stream(video.device)
         parts = []
         for s, e in self._chunks(t, 1, chunk_frames):
             parts.append(self.encoder(video[:, :, s:e].to(dtype), stream))
@@ -423,9 +492,9 @@ class SeedVR2VAE(nn.Module):
         frames out as they come never hold the whole clip at full resolution.
         """
         dtype = next(self.parameters()).dtype
-        stream = _Stream(self.conv_max_bytes)
+        stream = self._stream(z.device)
         for s, e in self._chunks(z.shape[2], 1, chunk_latents):
-            yield self.decoder(z[:, :, s:e].to(dtype), stream)
+            yield self.decoder(z[:, :, s:e].to(dtype), stream).contiguous()
             stream.first = False
 
     @torch.no_grad()

@@ -1,0 +1,128 @@
+"""Where SeedVR2's VAE spends its GPU time at 1080p (random weights of the real shapes; H100 run).
+
+Times encode (21 frames) and decode (6 latents) of the released s8 c16 t4 VAE in bf16, sums the
+CUDA kernels of one call by kind (convolutions, GroupNorm, copies, other) from torch.profiler, and
+repeats with `--variants`: `cl` = channels-last activations (the default on CUDA), `cf` = channel-first
+(the layout before 2026-11-24's change), `bench` = cl with cudnn.benchmark on, `-noband` suffix = no row bands (conv_max_bytes None).
+Before timing: bf16 decodes (cf, cl) against an fp32 decode of the same weights at 480x272. The first variant's
+decode is the reference the others' relative error is printed against. Usage: python scripts/profile_vae.py [--size 1920x1080] [--frames 21]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections import defaultdict
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _gpu_run import RunLog  # noqa: E402
+
+from vsrq.bench import median_ms, parse_size  # noqa: E402
+from vsrq.models.seedvr2.vae import SeedVR2VAE, SeedVR2VAEConfig  # noqa: E402
+
+KINDS = (
+    ("layout", ("nchwtonhwc", "nhwctonchw")),
+    ("attention", ("flash", "fmha", "attention", "softmax")),
+    ("conv", ("conv", "xmma", "implicit", "cudnn", "sm90", "sm80", "gemm", "cutlass", "wgrad", "dgrad", "fprop")),
+    ("groupnorm", ("_gn_", "reduce_kernel", "welford", "moments", "var_mean")),
+    ("add", ("functor_add",)),
+    ("copy/cat", ("copy", "cat", "elementwise_kernel_with_index", "unrolled_elementwise", "fill")),
+)
+
+
+def kind_of(name: str) -> str:
+    low = name.lower()
+    for kind, keys in KINDS:
+        if any(k in low for k in keys):
+            return kind
+    return "other"
+
+
+def profile_kinds(fn, log: RunLog, what: str) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    by_kind: dict[str, float] = defaultdict(float)
+    rows = []
+    for ev in prof.key_averages():
+        us = ev.self_device_time_total if hasattr(ev, "self_device_time_total") else ev.self_cuda_time_total
+        if us <= 0:
+            continue
+        by_kind[kind_of(ev.key)] += us
+        rows.append((us, ev.count, ev.key))
+    total = sum(by_kind.values())
+    log(f"== {what}: kernel time {total / 1e3:.0f} ms; " + ", ".join(
+        f"{k} {v / 1e3:.0f} ms ({100 * v / total:.0f} %)" for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])))
+    for us, n, key in sorted(rows, reverse=True)[:12]:
+        log(f"   {us / 1e3:8.1f} ms {n:6d}x  [{kind_of(key)}] {key[:110]}")
+
+
+def accuracy(vae: SeedVR2VAE, log: RunLog) -> None:
+    """Relative error of bf16 decodes (both layouts) against fp32, on a small latent."""
+    import copy
+
+    ref_vae = copy.deepcopy(vae).float()
+    z = torch.randn(1, 3, 34, 60, 16, device="cuda")
+    ref_vae.channels_last = False
+    ref = ref_vae.decode(z).float()
+    del ref_vae
+    for cl in (False, True):
+        vae.channels_last = cl
+        out = vae.decode(z.bfloat16()).float()
+        log(f"accuracy: bf16 decode {'channels-last' if cl else 'channel-first'} vs fp32: rel err "
+            f"{float((out - ref).norm() / ref.norm()):.2e}")
+    torch.cuda.empty_cache()
+
+
+@torch.inference_mode()
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", default="1920x1080")
+    ap.add_argument("--frames", type=int, default=21)
+    ap.add_argument("--variants", default="cf,cl")
+    ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--out", default=os.environ.get("OUT", "runs/profile-vae"))
+    args = ap.parse_args()
+    w, h = parse_size(args.size)
+    dev = torch.device("cuda")
+    log = RunLog("profile-vae")
+    log.header(f"size {w}x{h}, {args.frames} frames")
+    torch.manual_seed(0)
+    vae = SeedVR2VAE(SeedVR2VAEConfig.preset("seedvr2")).to(dev, torch.bfloat16).eval()
+    video = torch.rand(1, 3, args.frames, h, w, device=dev, dtype=torch.bfloat16) * 2 - 1
+    accuracy(vae, log)
+    latent = vae.encode(video, sample=False)
+    log(f"video {tuple(video.shape)} latent {tuple(latent.shape)}")
+    ref = None
+    for variant in args.variants.split(","):
+        torch.backends.cudnn.benchmark = variant == "bench"
+        vae.channels_last = not variant.startswith("cf")
+        vae.conv_max_bytes = None if variant.endswith("-noband") else 0.5 * 2**30
+        enc = lambda: vae.encode(video, sample=False)  # noqa: E731
+        dec = lambda: vae.decode(latent)  # noqa: E731
+        te = median_ms(enc, dev, warmup=1, repeat=3)
+        td = median_ms(dec, dev, warmup=1, repeat=3)
+        torch.cuda.reset_peak_memory_stats()
+        out = dec().float()
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        ref = out if ref is None else ref
+        err = float((out - ref).norm() / ref.norm())
+        del out
+        log(f"[{variant}] encode {te:.0f} ms, decode {td:.0f} ms (decode peak {peak:.1f} GiB; decode rel err vs first {err:.2e})")
+        log.rows.append(dict(variant=variant, encode_ms=te, decode_ms=td, decode_peak_gib=peak))
+        if args.no_profile:
+            continue
+        profile_kinds(enc, log, f"[{variant}] encode")
+        profile_kinds(dec, log, f"[{variant}] decode")
+    log.write(args.out)
+
+
+if __name__ == "__main__":
+    main()

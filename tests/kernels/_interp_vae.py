@@ -1,0 +1,93 @@
+"""Interpreter cases for the VAE's channels-last kernels: per-frame GroupNorm statistics and apply
+(vsrq/kernels/group_norm_triton.py), the bias + residual pass (vsrq/kernels/channel_bias_triton.py),
+and a small SeedVR2 VAE run channels-last (these kernels inside) against its channel-first pass.
+
+Collected into ``_interp_cases.CASES`` and run there under TRITON_INTERPRET=1.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+CASES: dict[str, Callable[[], str]] = {}
+
+
+def case(name: str) -> Callable:
+    def deco(fn: Callable[[], str]) -> Callable[[], str]:
+        CASES[name] = fn
+        return fn
+
+    return deco
+
+
+@case("group_norm_cl[stats_apply_into_body]")
+def _group_norm_cl() -> str:
+    """Channels-last statistics (shifted sums) and apply, written after two head frames of a
+    buffer, against nn.GroupNorm per frame; far-from-zero data checks the shift."""
+    import torch
+
+    from vsrq.kernels.group_norm import group_norm_act
+
+    torch.manual_seed(0)
+    for b, c, t, h, w, g in ((2, 8, 3, 5, 7, 4), (1, 16, 2, 9, 11, 8)):
+        x = torch.randn(b, c, t, h, w) * 3 + 10
+        wt, bs = torch.randn(c), torch.randn(c)
+        norm = torch.nn.GroupNorm(g, c, eps=1e-6)
+        with torch.no_grad():
+            norm.weight.copy_(wt)
+            norm.bias.copy_(bs)
+            want = torch.stack([torch.nn.functional.silu(norm(x[:, :, i])) for i in range(t)], dim=2)
+        xcl = x.contiguous(memory_format=torch.channels_last_3d)
+        got = group_norm_act(xcl, g, wt, bs, 1e-6)
+        assert got.is_contiguous(memory_format=torch.channels_last_3d)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        buf = torch.full((b, c, t + 2, h, w), 7.0, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last_3d)
+        body = buf[:, :, 2:]
+        assert group_norm_act(xcl.bfloat16(), g, wt, bs, 1e-6, out=body).data_ptr() == body.data_ptr()
+        assert bool((buf[:, :, :2] == 7).all()), "head frames overwritten"
+        err = float((body.float() - want).abs().max())
+        assert err < 0.05, err
+    return "matches nn.GroupNorm per frame, head frames untouched"
+
+
+@case("channel_bias[bf16_fp32_residual]")
+def _channel_bias() -> str:
+    import torch
+
+    from vsrq.kernels.channel_bias import add_channel_bias_, add_channel_bias_ref
+
+    torch.manual_seed(1)
+    for dtype in (torch.float32, torch.bfloat16):
+        for res in (False, True):
+            y = torch.randn(2, 12, 3, 5, 7).to(dtype).contiguous(memory_format=torch.channels_last_3d)
+            r = torch.randn(2, 12, 3, 5, 7).to(dtype).contiguous(memory_format=torch.channels_last_3d) if res else None
+            b = torch.randn(12)
+            want = add_channel_bias_ref(y.clone(), b, r)
+            got = add_channel_bias_(y, b, r)
+            assert got.data_ptr() == y.data_ptr()
+            tol = 0 if dtype == torch.float32 else 1e-2  # bf16: one rounding (the interpreter's may differ by an ulp)
+            torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+    return "equal to the reference (fp32 math, one rounding; bf16 within an ulp)"
+
+
+@case("seedvr2_vae[channels_last_vs_channel_first]")
+def _vae_cl() -> str:
+    """The small VAE, channels-last on the Triton kernels (GroupNorm, bias + residual) vs its
+    channel-first reference pass: encode moments and decode."""
+    import torch
+
+    from vsrq.models.seedvr2.vae import SeedVR2VAE, SeedVR2VAEConfig
+
+    torch.manual_seed(2)
+    m = SeedVR2VAE(SeedVR2VAEConfig(block_out_channels=(16, 32, 32, 32), layers_per_block=1, norm_groups=8)).eval()
+    video = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    m.channels_last = False
+    mean, logvar = m.encode_moments(video)
+    dec = m.decode_raw(mean)
+    m.channels_last = True
+    mean_cl, logvar_cl = m.encode_moments(video)
+    dec_cl = m.decode_raw(mean)
+    torch.testing.assert_close(mean_cl, mean, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logvar_cl, logvar, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(dec_cl, dec, rtol=1e-4, atol=1e-4)
+    return f"max |diff| decode {float((dec_cl - dec).abs().max()):.1e}"
