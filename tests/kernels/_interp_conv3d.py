@@ -20,6 +20,11 @@ _CONV = {
                                       b=2, cin=32, cout=48, t=2, h=5, w=7, nh=2),
     "fp8_333_replicate_first": dict(fmt="fp8", k=(3, 3, 3), s=(1, 1, 1), p=(0, 1, 1), mode="rep",
                                     b=1, cin=32, cout=40, t=3, h=6, w=5),
+    # the weight tiles through a TMA descriptor (Hopper's candidate form), Cout ragged against BLOCK_N
+    "fp8_333_b_tma_head2_res": dict(fmt="fp8", k=(3, 3, 3), s=(1, 1, 1), p=(0, 1, 1), mode="head", res=True,
+                                    b=1, cin=64, cout=40, t=2, h=5, w=6, nh=2, b_tma=True),
+    "bf16_133_s122_b_tma": dict(fmt="bf16", k=(1, 3, 3), s=(1, 2, 2), p=(0, 0, 0), mode="none", br=True,
+                                b=1, cin=32, cout=24, t=2, h=7, w=9, b_tma=True),
     "fp8_333_s222_head1_pad_br": dict(fmt="fp8", k=(3, 3, 3), s=(2, 2, 2), p=(0, 0, 0), mode="head", br=True,
                                       b=1, cin=32, cout=32, t=3, h=7, w=8, nh=1),
     "bf16_133_s122_pad_br": dict(fmt="bf16", k=(1, 3, 3), s=(1, 2, 2), p=(0, 0, 0), mode="none", br=True,
@@ -65,9 +70,12 @@ def _conv_case(p: dict) -> str:
     shape = causal_conv3d_ref(x, pc, **kw, out_dtype=torch.float32).shape
     if p.get("res"):
         kw["residual"] = torch.randn(shape, generator=g).to(torch.bfloat16).contiguous(memory_format=cl)
+    if p.get("b_tma"):
+        kw["config"] = {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32, "num_warps": 4, "num_stages": 1, "B_TMA": 1}
+    ref_kw = {k: v for k, v in kw.items() if k != "config"}
     out = []
     for dt, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
-        ref = causal_conv3d_ref(x, pc, **kw, out_dtype=dt)
+        ref = causal_conv3d_ref(x, pc, **ref_kw, out_dtype=dt)
         got = causal_conv3d(x, pc, **kw, out_dtype=dt)
         assert got.shape == ref.shape and got.dtype == dt, f"{got.shape}/{got.dtype} vs {ref.shape}"
         assert got.is_contiguous(memory_format=cl), "output not channels-last"

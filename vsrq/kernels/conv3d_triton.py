@@ -26,13 +26,14 @@ __all__ = ["conv3d_triton", "conv_configs"]
 
 @triton.jit
 def _conv3d_kernel(
-    x_ptr, h_ptr, w_ptr, out_ptr, ws_ptr, xs_ptr, bias_ptr, res_ptr,
+    x_ptr, h_ptr, w_ptr, w_desc, out_ptr, ws_ptr, xs_ptr, bias_ptr, res_ptr,
     M, N, CIN, T_OUT, H_OUT, W_OUT, H, W, N_HEAD,
     sxb, sxt, sxh, sxw, shb, sht, shh, shw,
     ST, SH, SW, PH, PW,
     KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, HAS_HEAD: tl.constexpr,
     FP8: tl.constexpr, FP8_ACC_K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERP: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, B_TMA: tl.constexpr,
+    INTERP: tl.constexpr,
 ):
     pid = tl.program_id(0)
     num_n = tl.cdiv(N, BLOCK_N)
@@ -79,7 +80,11 @@ def _conv3d_kernel(
             in_head = (t0 + dt) < N_HEAD
             a_ptrs = tl.where(in_head[:, None], h_ptr + (row_h + dhd)[:, None] + rk[None, :], a_ptrs)
         a = tl.load(a_ptrs, mask=ok[:, None], other=0.0)
-        b = tl.load(w_ptrs + kk * BLOCK_K)  # K offset of (tap, c0) = tap * CIN + c0 = kk * BLOCK_K
+        # K offset of (tap, c0) = tap * CIN + c0 = kk * BLOCK_K
+        if B_TMA:  # Hopper: the weight tile by the copy engine (ragged Cout zero-filled)
+            b = w_desc.load([pid_n * BLOCK_N, kk * BLOCK_K]).T
+        else:
+            b = tl.load(w_ptrs + kk * BLOCK_K)
         if FP8:
             if INTERP:
                 acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
@@ -104,17 +109,20 @@ def _conv3d_kernel(
 # ----------------------------------------------------------------------------- configs
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); BLOCK_K = 64 bf16 / 128 e4m3 = 128-byte rows.
+# GPU run 1 (H100): 256x128 won every Cout=128 conv, 128x256 the Cout=512 one, 64/128x128 the
+# small downsampler; the 4-stage rings of those two are new in run 2.
 _BF16 = [(128, 128, 64, 4, 4), (128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3),
-         (128, 64, 64, 4, 4), (64, 128, 64, 4, 4)]
+         (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (256, 128, 64, 8, 4), (128, 256, 64, 8, 4)]
 _FP8 = [(128, 128, 128, 4, 4), (128, 128, 128, 8, 4), (128, 256, 128, 8, 3), (256, 128, 128, 8, 3),
-        (128, 128, 64, 4, 5), (128, 256, 64, 8, 4)]
+        (128, 128, 64, 4, 5), (128, 256, 64, 8, 4), (256, 128, 128, 8, 4), (128, 256, 128, 8, 4)]
 # the CPU interpreter's cost is per program and per K step, not per element: wide tiles
 _INTERP = {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32, "num_warps": 4, "num_stages": 1}
 
 
-def conv_configs(fmt: str, cin: int, cout: int, dev: int) -> list[dict]:
+def conv_configs(fmt: str, cin: int, cout: int, dev: int, b_tma: bool = False) -> list[dict]:
     """Candidates for this conv: BLOCK_K divides Cin (a K block never straddles two taps), BLOCK_N
-    no wider than Cout needs, and the ring fits the device's shared memory."""
+    no wider than Cout needs, and the ring fits the device's shared memory. ``b_tma`` (Hopper) adds
+    each one again with the weight tiles through TMA (``B_TMA``), so the tuner picks the load form."""
     elem = 1 if fmt == "fp8" else 2
     out = []
     for bm, bn, bk, w, s in (_FP8 if fmt == "fp8" else _BF16):
@@ -127,6 +135,8 @@ def conv_configs(fmt: str, cin: int, cout: int, dev: int) -> list[dict]:
         bk = max(b for b in (16, 32, 64) if cin % b == 0)
         out.append({"BLOCK_M": 128, "BLOCK_N": min(128, max(16, next_pow2(cout))), "BLOCK_K": bk,
                     "num_warps": 4, "num_stages": 3})
+    if b_tma:
+        out += [dict(c, B_TMA=1) for c in out]
     return out
 
 
@@ -145,15 +155,21 @@ def _launch(cfg: dict, a: dict) -> None:
         hsrc, hs = x, (0, 0, 0, 0)
     has_head = a["n_head"] > 0
     grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(pc.cout, cfg["BLOCK_N"]),)
+    b_tma = bool(cfg.get("B_TMA"))
+    w_desc = None
+    if b_tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        w_desc = TensorDescriptor(pc.w, list(pc.w.shape), list(pc.w.stride()), [cfg["BLOCK_N"], cfg["BLOCK_K"]])
     _conv3d_kernel[grid](
-        x, hsrc, pc.w, a["out"], pc.scale, a["xs"], pc.bias if pc.bias is not None else pc.scale,
+        x, hsrc, pc.w, w_desc, a["out"], pc.scale, a["xs"], pc.bias if pc.bias is not None else pc.scale,
         a["res"] if a["res"] is not None else a["out"],
         m, pc.cout, pc.cin, t_out, h_out, w_out, x.shape[3], x.shape[4], a["n_head"],
         x.stride(0), x.stride(2), x.stride(3), x.stride(4), *hs,
         st, sh, sw, ph, pw,
         KT=kt, KH=kh, KW=kw, HAS_HEAD=has_head, FP8=pc.fmt == "fp8", FP8_ACC_K=min(a["fp8_acc_k"], cfg["BLOCK_K"]),
         HAS_BIAS=pc.bias is not None, HAS_RES=a["res"] is not None,
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], B_TMA=b_tma,
         INTERP=interpreting() and not x.is_cuda, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
 
@@ -181,7 +197,8 @@ def conv3d_triton(x: torch.Tensor, pc, head: torch.Tensor | None, xs: torch.Tens
         m = x.shape[0] * t_out * h_out * w_out
         key = ("conv3d", pc.fmt, pc.kernel, pc.stride, pc.cin, pc.cout, min(next_pow2(m), 1 << 22), n_head > 0,
                residual is not None, pc.bias is not None, out_dtype, fp8_acc_k, capability(dev), str(x.device))
-        config = tune_once(key, lambda: conv_configs(pc.fmt, pc.cin, pc.cout, dev), lambda c: _launch(c, args))
+        b_tma = capability(dev)[0] >= 9 and pc.w.data_ptr() % 16 == 0
+        config = tune_once(key, lambda: conv_configs(pc.fmt, pc.cin, pc.cout, dev, b_tma), lambda c: _launch(c, args))
     _launch(config, args)
     return out
 
