@@ -154,3 +154,22 @@ def test_argument_errors() -> None:
         causal_conv3d(torch.randn(1, 4, 2, 4, 4).to(torch.float8_e4m3fn), pc, x_scale=xs)
     with pytest.raises(ValueError, match="empty"):
         causal_conv3d(xq[:, :, :1], pc, x_scale=xs)  # one frame, no head: no output frame
+
+
+def test_cudnn_fallback_matches_reference() -> None:
+    """The CUDA fallback for shapes the kernel does not take (bf16 F.conv3d on a materialised Xpad,
+    fp8 dequantized first) is the same conv; run here on the CPU, where F.conv3d takes bf16 too."""
+    from vsrq.kernels.conv3d import _cudnn, _geometry
+
+    x = torch.randn(1, 3, 3, 6, 5).contiguous(memory_format=CL)
+    head = torch.randn(1, 3, 2, 6, 5).contiguous(memory_format=CL)
+    for fmt in ("bf16", "fp8"):
+        pc = prepare_conv_weight(torch.randn(3, 3, 3, 3, 3) * 0.3, fmt, torch.randn(3))
+        xx, xs = (quantize_fp8_activation(x) if fmt == "fp8" else (x.bfloat16(), None))
+        hh = (head / xs).to(torch.float8_e4m3fn) if fmt == "fp8" else head.bfloat16()
+        res = torch.randn(1, 3, 3, 6, 5)
+        g = _geometry(xx, pc, hh, False, None)
+        got = _cudnn(xx, pc, hh, False, xs, res, g, torch.float32)
+        ref = causal_conv3d_ref(xx, pc, head=hh, x_scale=xs, residual=res, out_dtype=torch.float32)
+        assert got.is_contiguous(memory_format=CL)
+        assert _rel(got, ref) < 2e-2
