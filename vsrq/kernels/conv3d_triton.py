@@ -9,7 +9,7 @@ computed from per-row bases set up once, rows outside the frame (the spatial zer
 bottom/right pad) are masked to zero, and frames before x come from the head tensor (or, for
 ``replicate_first``, from x's frame 0 through a time stride of 0) by a per-row pointer select,
 so neither the concatenation nor the padding exists in memory. Weight tiles are pointer loads or,
-on Hopper, TMA descriptor loads (``B_TMA``, a tuner candidate: chosen at 16 of 18 tuned shapes in
+on Hopper, TMA descriptor loads (``B_TMA``, a tuner candidate: chosen for 14 of the 16 tuning keys in
 GPU run 2). Offsets are int64 (a 4K chunk of 6 frames x 128 channels is over 2**31 elements; checked
 on the H100). Launch configs: the shared one-time tuner. Measured: docs/perf_logs/conv3d-*-h100.log.
 """
@@ -112,7 +112,7 @@ def _conv3d_kernel(
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); BLOCK_K = 64 bf16 / 128 e4m3 = 128-byte rows.
 # GPU run 1 (H100): 256x128 won every Cout=128 conv, 128x256 the Cout=512 one, 64/128x128 the
-# small downsampler; run 2 added the 4-stage rings of those two (chosen at 6 of 18 tuned shapes).
+# small downsampler; run 2 added the 4-stage rings of those two (chosen for 6 of 16 tuning keys).
 _BF16 = [(128, 128, 64, 4, 4), (128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3),
          (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (256, 128, 64, 8, 4), (128, 256, 64, 8, 4)]
 _FP8 = [(128, 128, 128, 4, 4), (128, 128, 128, 8, 4), (128, 256, 128, 8, 3), (256, 128, 128, 8, 3),
