@@ -3,8 +3,9 @@
 Times encode (21 frames) and decode (6 latents) of the released s8 c16 t4 VAE in bf16, sums the
 CUDA kernels of one call by kind (convolutions, GroupNorm, copies, other) from torch.profiler, and
 repeats with `--variants`: `cl` = channels-last activations (the default on CUDA), `cf` = channel-first
-(the layout before 2026-11-24's change), `bench` = cl with cudnn.benchmark on, `-noband` suffix = no row bands (conv_max_bytes None).
-Before timing: bf16 decodes (cf, cl) against an fp32 decode of the same weights at 480x272. The first variant's
+(the layout before 2026-11-24's change), `bench` = cl with cudnn.benchmark on, `fp8` = cl with conv_format "fp8" (vae_fp8.py's convs in e4m3),
+`-band` suffix = row bands at the official 0.5 GiB. Before timing: bf16 (cf, cl) and fp8 encodes and
+decodes against fp32 ones of the same weights at 480x272. The first variant's
 decode is the reference the others' relative error is printed against. Usage: python scripts/profile_vae.py [--size 1920x1080] [--frames 21]
 """
 
@@ -65,19 +66,25 @@ def profile_kinds(fn, log: RunLog, what: str) -> None:
 
 
 def accuracy(vae: SeedVR2VAE, log: RunLog) -> None:
-    """Relative error of bf16 decodes (both layouts) against fp32, on a small latent."""
+    """Relative error of bf16 (both layouts) and fp8 encodes/decodes against fp32, at 480x272."""
     import copy
 
     ref_vae = copy.deepcopy(vae).float()
-    z = torch.randn(1, 3, 34, 60, 16, device="cuda")
+    g = torch.Generator(device="cuda").manual_seed(1)
+    z = torch.randn(1, 3, 34, 60, 16, device="cuda", generator=g)
+    video = torch.rand(1, 3, 9, 272, 480, device="cuda", generator=g) * 2 - 1
     ref_vae.channels_last = False
     ref = ref_vae.decode(z).float()
+    ref_enc = ref_vae.encode_moments(video)[0].float()
     del ref_vae
-    for cl in (False, True):
-        vae.channels_last = cl
-        out = vae.decode(z.bfloat16()).float()
-        log(f"accuracy: bf16 decode {'channels-last' if cl else 'channel-first'} vs fp32: rel err "
-            f"{float((out - ref).norm() / ref.norm()):.2e}")
+    rel = lambda a, b: float((a.float() - b).norm() / b.norm())  # noqa: E731
+    for name, cl, fmt in (("bf16 channel-first", False, "bf16"), ("bf16 channels-last", True, "bf16"), ("fp8", True, "fp8")):
+        vae.channels_last, vae.conv_format = cl, fmt
+        e_dec = rel(vae.decode(z.bfloat16()), ref)
+        e_enc = rel(vae.encode_moments(video.bfloat16())[0], ref_enc)
+        log(f"accuracy vs fp32 (random weights, 480x272): {name}: encode mean rel err {e_enc:.2e}, decode {e_dec:.2e}")
+        log.rows.append(dict(accuracy=name, encode_rel_err=e_enc, decode_rel_err=e_dec))
+    vae.conv_format = "bf16"
     torch.cuda.empty_cache()
 
 
@@ -86,7 +93,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", default="1920x1080")
     ap.add_argument("--frames", type=int, default=21)
-    ap.add_argument("--variants", default="cf,cl")
+    ap.add_argument("--variants", default="cf,cl,fp8")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--out", default=os.environ.get("OUT", "runs/profile-vae"))
     args = ap.parse_args()
@@ -104,7 +111,8 @@ def main() -> None:
     for variant in args.variants.split(","):
         torch.backends.cudnn.benchmark = variant == "bench"
         vae.channels_last = not variant.startswith("cf")
-        vae.conv_max_bytes = None if variant.endswith("-noband") else 0.5 * 2**30
+        vae.conv_max_bytes = 0.5 * 2**30 if variant.endswith("-band") else None
+        vae.conv_format = "fp8" if variant.startswith("fp8") else "bf16"
         enc = lambda: vae.encode(video, sample=False)  # noqa: E731
         dec = lambda: vae.decode(latent)  # noqa: E731
         te = median_ms(enc, dev, warmup=1, repeat=3)

@@ -137,9 +137,11 @@ def run_seedvr2_bench(*, preset: str, sizes: list[str], frames: int, precisions:
     }
     for p in precisions:
         restorer = make()
+        base_p = p.removesuffix("+fp8vae")
+        restorer.settings = replace(restorer.settings, vae_precision="fp8" if p != base_p else "bf16")
         swapped = 0
-        if PRECISIONS[p] is not None:
-            swapped = quantize_dit_rtn(restorer, *PRECISIONS[p])
+        if PRECISIONS[base_p] is not None:
+            swapped = quantize_dit_rtn(restorer, *PRECISIONS[base_p])
         if compile:  # after the swap, so the compiled blocks hold the low-bit layers
             from vsrq.pipeline.seedvr2 import compile_blocks
 
@@ -168,12 +170,13 @@ def format_seedvr2_report(r: dict) -> list[str]:
     gib = 1024 ** 3
     lines = [f"vsrq bench {r['model']} on {r['device']} ({r['date']}, torch {r['torch']}); {r['frames']} frames per chunk, "
              f"x{r['scale']:g}, VAE tile {r['vae_tile'] or 'none'}, DiT blocks {'compiled' if r.get('compiled') else 'eager'}"]
-    lines.append(f"{'variant':<7}{'output':<7}{'enc ms':>9}{'DiT ms':>9}{'dec ms':>9}{'total ms':>10}{'frames/s':>10}"
+    w = max([7] + [len(p) + 1 for p in r["variants"]])
+    lines.append(f"{'variant':<{w}}{'output':<7}{'enc ms':>9}{'DiT ms':>9}{'dec ms':>9}{'total ms':>10}{'frames/s':>10}"
                  f"{'x bf16':>8}{'DiT x':>7}{'peak GiB':>10}{'enc/DiT/dec GiB':>18}")
     for p, v in r["variants"].items():
         for label, row in v["sizes"].items():
             sp = row.get("speedup_vs_bf16", {})
-            lines.append(f"{p:<7}{label:<7}{row['encode_ms']:>9.0f}{row['dit_ms']:>9.0f}{row['decode_ms']:>9.0f}{row['total_ms']:>10.0f}"
+            lines.append(f"{p:<{w}}{label:<7}{row['encode_ms']:>9.0f}{row['dit_ms']:>9.0f}{row['decode_ms']:>9.0f}{row['total_ms']:>10.0f}"
                          f"{row['frames_per_s']:>10.2f}{sp.get('total_ms', float('nan')):>8.2f}{sp.get('dit_ms', float('nan')):>7.2f}"
                          f"{row['peak'] / gib:>10.2f}{row['encode_peak'] / gib:>8.2f}/{row['dit_peak'] / gib:.2f}/{row['decode_peak'] / gib:.2f}")
         lines.append(f"        weights: DiT {v['dit_weight_bytes'] / gib:.2f} GiB ({v['quantized_layers']} low-bit layers), VAE {v['vae_weight_bytes'] / gib:.2f} GiB")

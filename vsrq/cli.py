@@ -124,6 +124,7 @@ def upscale(
     max_vram: Optional[float] = typer.Option(None, "--max-vram", help="SeedVR2 on CUDA: GiB of torch's GPU allocations to stay within (the CUDA context and allocator cache come on top); picks --chunk, --vae-tile and --offload from a measured estimate, overriding those options except --chunk."),
     seed: Optional[int] = typer.Option(None, "--seed", help="SeedVR2: seed of the diffusion noise (default 0; the same seed gives the same video)."),
     compile: bool = typer.Option(False, "--compile", help="SeedVR2 on CUDA: torch.compile the DiT blocks (about 2x faster DiT; 20-40 s once per frame size)."),
+    vae_precision: Optional[str] = typer.Option(None, "--vae-precision", help="SeedVR2: bf16 (default) or fp8: the VAE's main convolutions in e4m3 (GPUs from Ada/Hopper; faster, measurably less exact: docs/PERF.md)."),
 ) -> None:
     """Upscale a video (or every video in a folder) with a one-step DiT VSR model; audio and subtitles are copied unchanged."""
     from vsrq.models.loader import is_seedvr2_model, load_model
@@ -141,6 +142,8 @@ def upscale(
         fail("--max-vram plans GPU memory; it needs a CUDA device", 2)
     if colour_fix is not None and colour_fix not in ("wavelet", "adain", "none"):
         fail(f"--colour-fix must be wavelet, adain or none, got {colour_fix!r}", 2)
+    if vae_precision is not None and vae_precision not in ("bf16", "fp8"):
+        fail(f"--vae-precision must be bf16 or fp8, got {vae_precision!r}", 2)
     if tile < 0 or tile_overlap < 0 or (tile and tile_overlap >= tile):
         fail("--tile must be 0 or larger than --tile-overlap", 2)
     if batch < 1:
@@ -157,7 +160,8 @@ def upscale(
     # applied per file, once the file's size is known (pipeline/vram.py), so it sets no field here
     restorer = {"--colour-fix": ("colour_fix", colour_fix), "--vae-tile": ("vae_tile", vae_tile),
                 "--offload": ("offload_blocks", offload or None), "--max-vram": (None, max_vram),
-                "--seed": ("seed", seed), "--compile": ("compile", compile or None)}
+                "--seed": ("seed", seed), "--compile": ("compile", compile or None),
+                "--vae-precision": ("vae_precision", vae_precision)}
     given_options = [name for name, (_, value) in restorer.items() if value is not None]
     if given_options and is_seedvr2_model(model) is False:  # known before loading: fail at once
         fail(f"{', '.join(given_options)} apply to SeedVR2 models only; {model or 'the default model'} is not one", 2)
@@ -436,7 +440,7 @@ def bench(
     frames: int = typer.Option(24, "--frames", help="Frames of the generated clip."),
     device: str = typer.Option("auto", "--device", "-d"),
     chunk: int = typer.Option(8, "--chunk", help="Frames per forward."),
-    precisions: str = typer.Option("fp,w8a8,w4a4", "--precisions", help="Comma-separated: fp, w8a8, w4a4."),
+    precisions: str = typer.Option("fp,w8a8,w4a4", "--precisions", help="Comma-separated: fp, w8a8, w4a4; SeedVR2 also takes a +fp8vae suffix (that variant's VAE convs in e4m3), e.g. w4a4+fp8vae."),
     rank: int = typer.Option(0, "--rank", help="Low-rank branch rank of the low-bit variants."),
     repeat: int = typer.Option(5, "--repeat", help="Timed repeats (median)."),
     layers: bool = typer.Option(True, "--layers/--no-layers", help="Per-layer GEMM timings."),
@@ -456,8 +460,8 @@ def bench(
         from vsrq.bench_seedvr2 import format_seedvr2_report, run_seedvr2_bench
 
         plist = [p.strip() for p in precisions.split(",") if p.strip()]
-        if not plist or any(p not in PRECISIONS for p in plist):
-            fail(f"--precisions must use {', '.join(PRECISIONS)}; got {precisions!r}", 2)
+        if not plist or any(p.removesuffix("+fp8vae") not in PRECISIONS for p in plist):
+            fail(f"--precisions must use {', '.join(PRECISIONS)} (each optionally +fp8vae); got {precisions!r}", 2)
         _check_vae_tile(vae_tile)
         try:
             [parse_size(s.strip()) for s in sizes.split(",") if s.strip()]

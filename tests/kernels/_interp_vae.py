@@ -9,18 +9,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-CASES: dict[str, Callable[[], str]] = {}
+CASES: dict[str, Callable[[], str]] = {}  # filled at the end of the file
 
 
-def case(name: str) -> Callable:
-    def deco(fn: Callable[[], str]) -> Callable[[], str]:
-        CASES[name] = fn
-        return fn
-
-    return deco
-
-
-@case("group_norm_cl[stats_apply_into_body]")
 def _group_norm_cl() -> str:
     """Channels-last statistics (shifted sums) and apply, written after two head frames of a
     buffer, against nn.GroupNorm per frame; far-from-zero data checks the shift."""
@@ -50,7 +41,6 @@ def _group_norm_cl() -> str:
     return "matches nn.GroupNorm per frame, head frames untouched"
 
 
-@case("channel_bias[bf16_fp32_residual]")
 def _channel_bias() -> str:
     import torch
 
@@ -70,7 +60,6 @@ def _channel_bias() -> str:
     return "equal to the reference (fp32 math, one rounding; bf16 within an ulp)"
 
 
-@case("seedvr2_vae[channels_last_vs_channel_first]")
 def _vae_cl() -> str:
     """The small VAE, channels-last on the Triton kernels (GroupNorm, bias + residual) vs its
     channel-first reference pass: encode moments and decode."""
@@ -91,3 +80,37 @@ def _vae_cl() -> str:
     torch.testing.assert_close(logvar_cl, logvar, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(dec_cl, dec, rtol=1e-4, atol=1e-4)
     return f"max |diff| decode {float((dec_cl - dec).abs().max()):.1e}"
+
+
+def _vae_fp8() -> str:
+    """conv_format "fp8" on the Triton path (GroupNorm writing e4m3 into the conv's input, the
+    implicit-GEMM conv reading the cached e4m3 head in place, the upsampler's scaled chunk) against
+    the same model on the reference path (torch GroupNorm, fp32 conv of the dequantized values)."""
+    from unittest import mock
+
+    import torch
+
+    from vsrq.models.seedvr2.vae import SeedVR2VAE, SeedVR2VAEConfig
+
+    torch.manual_seed(3)
+    m = SeedVR2VAE(SeedVR2VAEConfig(block_out_channels=(16, 32, 32, 32), layers_per_block=1, norm_groups=8)).eval()
+    m.conv_format = "fp8"
+    video = torch.rand(1, 3, 5, 8, 16) * 2 - 1
+    m.channels_last = True
+    mean, _ = m.encode_moments(video)
+    dec = m.decode_raw(mean)
+    with mock.patch("vsrq.kernels.conv3d.can_run_triton", return_value=False), \
+            mock.patch("vsrq.kernels.group_norm.can_run_triton", return_value=False):
+        m.channels_last = False
+        mean_ref, _ = m.encode_moments(video)
+        dec_ref = m.decode_raw(mean)
+    e_enc = float((mean - mean_ref).norm() / mean_ref.norm())
+    e_dec = float((dec - dec_ref).norm() / dec_ref.norm())
+    assert e_enc < 1e-3 and e_dec < 1e-3, (e_enc, e_dec)
+    return f"rel err encode {e_enc:.1e}, decode {e_dec:.1e}"
+
+
+CASES["group_norm_cl[stats_apply_into_body]"] = _group_norm_cl
+CASES["channel_bias[bf16_fp32_residual]"] = _channel_bias
+CASES["seedvr2_vae[channels_last_vs_channel_first]"] = _vae_cl
+CASES["seedvr2_vae[fp8_triton_vs_reference]"] = _vae_fp8

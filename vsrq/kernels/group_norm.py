@@ -93,5 +93,7 @@ def group_norm_act(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: tor
     else:
         y = group_norm_act_ref(x, mean, rstd, weight, bias, act)
     if out is not None:
+        if out.dtype == torch.float8_e4m3fn:
+            y = y.float().clamp_(-448.0, 448.0)
         return out.copy_(y)
     return y.contiguous(memory_format=torch.channels_last_3d) if cl else y

@@ -15,6 +15,19 @@ import triton.language as tl
 
 
 @triton.jit
+def _normalise(x, s, c, mask, mean_ptr, rstd_ptr, w_ptr, b_ptr, ACT: tl.constexpr):
+    """(x - mean[s]) * rstd[s] * w[c] + b[c], SiLU if ACT, in fp32 (both layouts' apply kernels)."""
+    mean = tl.load(mean_ptr + s, mask=mask, other=0.0)
+    rstd = tl.load(rstd_ptr + s, mask=mask, other=1.0)
+    w = tl.load(w_ptr + c, mask=mask, other=1.0).to(tl.float32)
+    b = tl.load(b_ptr + c, mask=mask, other=0.0).to(tl.float32)
+    y = (x - mean) * rstd * w + b
+    if ACT:
+        y = y / (1.0 + tl.exp(-y))
+    return y
+
+
+@triton.jit
 def _gn_act_kernel(x_ptr, y_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, numel, C, T, HW, CG,
                    ACT: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -27,13 +40,7 @@ def _gn_act_kernel(x_ptr, y_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, numel, C, T, 
     bi = q // C
     G = C // CG
     s = (bi * G + c // CG) * T + t  # index into (B, G, T) statistics
-    mean = tl.load(mean_ptr + s, mask=mask, other=0.0)
-    rstd = tl.load(rstd_ptr + s, mask=mask, other=1.0)
-    w = tl.load(w_ptr + c, mask=mask, other=1.0).to(tl.float32)
-    b = tl.load(b_ptr + c, mask=mask, other=0.0).to(tl.float32)
-    y = (x - mean) * rstd * w + b
-    if ACT:
-        y = y / (1.0 + tl.exp(-y))
+    y = _normalise(x, s, c, mask, mean_ptr, rstd_ptr, w_ptr, b_ptr, ACT)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -88,9 +95,10 @@ def _gn_stats_cl_kernel(x_ptr, s1_ptr, s2_ptr, shift_ptr, x_sb, T, HW, CHUNK, NC
 
 @triton.jit
 def _gn_act_cl_kernel(x_ptr, y_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, per_b, x_sb, y_sb, T, HWC,
-                      C: tl.constexpr, G: tl.constexpr, ACT: tl.constexpr, BLOCK: tl.constexpr):
+                      C: tl.constexpr, G: tl.constexpr, ACT: tl.constexpr, CLAMP: tl.constexpr,
+                      BLOCK: tl.constexpr):
     """y = SiLU((x - mean) * rstd * w + b) over one video's (T, H, W, C) elements; y may be a view
-    with its own batch stride (the body of a larger buffer)."""
+    with its own batch stride (the body of a larger buffer). CLAMP > 0 saturates at +-CLAMP (e4m3)."""
     b = tl.program_id(1)
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < per_b
@@ -98,13 +106,13 @@ def _gn_act_cl_kernel(x_ptr, y_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, per_b, x_s
     c = offs % C
     t = offs // HWC
     s = (b * G + c // (C // G)) * T + t  # index into (B, G, T) statistics
-    mean = tl.load(mean_ptr + s, mask=mask, other=0.0)
-    rstd = tl.load(rstd_ptr + s, mask=mask, other=1.0)
-    w = tl.load(w_ptr + c, mask=mask, other=1.0).to(tl.float32)
-    bb = tl.load(b_ptr + c, mask=mask, other=0.0).to(tl.float32)
-    y = (x - mean) * rstd * w + bb
-    if ACT:
-        y = y / (1.0 + tl.exp(-y))
+    y = _normalise(x, s, c, mask, mean_ptr, rstd_ptr, w_ptr, b_ptr, ACT)
+    if CLAMP > 0:  # e4m3 output: round to its grid here (3 mantissa bits, subnormal below 2**-6), then
+        # the cast is exact. Same numbers as the GPU's round-to-nearest cast (up to ties), and right
+        # under the interpreter too, whose cast (triton 3.9) drops the carry at a power of two (1.99 -> 1).
+        step = tl.exp2(tl.floor(tl.log2(tl.maximum(tl.abs(y), 0.015625))) - 3.0)
+        y = tl.floor(y / step + 0.5) * step
+        y = tl.minimum(tl.maximum(y, -CLAMP), CLAMP)
     tl.store(y_ptr + b.to(tl.int64) * y_sb + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -130,11 +138,13 @@ def frame_group_stats_cl_triton(x: torch.Tensor, groups: int, eps: float) -> tup
 
 def group_norm_act_cl_triton(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, weight: torch.Tensor,
                              bias: torch.Tensor, act: bool, out: torch.Tensor) -> torch.Tensor:
-    """Normalise channels-last x into `out` (channels-last, any batch stride, any float dtype)."""
+    """Normalise channels-last x into `out` (channels-last, any batch stride, any float dtype;
+    float8_e4m3fn saturates at +-448)."""
     b, c, t, h, w = x.shape
     per_b = t * h * w * c
     block = 2048
+    clamp = 448.0 if out.dtype == torch.float8_e4m3fn else 0.0
     _gn_act_cl_kernel[(triton.cdiv(per_b, block), b)](
         x, out, mean, rstd, weight.contiguous(), bias.contiguous(), per_b, x.stride(0), out.stride(0), t, h * w * c,
-        C=c, G=mean.shape[1], ACT=act, BLOCK=block)
+        C=c, G=mean.shape[1], ACT=act, CLAMP=clamp, BLOCK=block)
     return out

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vsrq.errors import InputError
+from vsrq.models.seedvr2.vae import CONV_FORMATS as VAE_PRECISIONS
 from vsrq.pipeline.colour_fix import COLOUR_FIXES, colour_fix
 from vsrq.pipeline.resize import resize_images
 from vsrq.pipeline.tiling import tiled_apply
@@ -55,16 +56,21 @@ class SeedVR2Settings:
     seed: int = 0
     offload_blocks: bool = False
     compile: bool = False  # CUDA: torch.compile each DiT block (fuses its norm/RoPE/modulation glue; ~20-40 s once per size)
+    vae_precision: str = "bf16"  # "fp8": the VAE's GroupNorm-fed and upsampler convs in e4m3 (faster, less exact: docs/PERF.md)
 
     def fingerprint(self) -> dict:
         """What a resumed job must share with the interrupted one (offload moves no output bit)."""
-        return {"scale": self.scale, "colour fix": self.colour_fix, "vae tile": [self.vae_tile, self.vae_tile_overlap], "seed": self.seed}
+        extra = {"vae precision": self.vae_precision} if self.vae_precision != "bf16" else {}  # old journals stay valid
+        return {"scale": self.scale, "colour fix": self.colour_fix, "vae tile": [self.vae_tile, self.vae_tile_overlap], "seed": self.seed,
+                **extra}
 
     def __post_init__(self) -> None:
         if self.colour_fix not in COLOUR_FIXES:
             raise ValueError(f"colour fix must be one of {', '.join(COLOUR_FIXES)}, got {self.colour_fix!r}")
         if self.scale <= 0:
             raise ValueError(f"scale must be positive, got {self.scale}")
+        if self.vae_precision not in VAE_PRECISIONS:
+            raise ValueError(f"VAE precision must be one of {', '.join(VAE_PRECISIONS)}, got {self.vae_precision!r}")
         if self.vae_tile < 0 or (self.vae_tile and self.vae_tile <= self.vae_tile_overlap):
             raise ValueError(f"VAE tile {self.vae_tile} must be 0 or larger than its overlap {self.vae_tile_overlap}")
 
@@ -245,6 +251,7 @@ class SeedVR2Restorer(nn.Module):
         The latent is a sample of the VAE posterior (as the official inference draws it), from a
         generator seeded per call."""
         s = self.settings
+        self.vae.conv_format = s.vae_precision
         gen = self._generator(1)
         enc = lambda v: self.vae.encode(v, sample=True, generator=gen).permute(0, 4, 1, 2, 3)  # noqa: E731 - channels first for tiling
         lat = tiled_apply(enc, video, scale=Fraction(1, 8), tile=s.vae_tile, overlap=s.vae_tile_overlap, align=16)
@@ -253,6 +260,7 @@ class SeedVR2Restorer(nn.Module):
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """Latent (B, T', h, w, 16) -> video (B, 3, T, 8h, 8w) in about [-1, 1]."""
         s = self.settings
+        self.vae.conv_format = s.vae_precision
         dec = lambda z: self.vae.decode(z.permute(0, 2, 3, 4, 1))  # noqa: E731
         tile, overlap = s.vae_tile // 8, s.vae_tile_overlap // 8
         return tiled_apply(dec, latent.permute(0, 4, 1, 2, 3), scale=8, tile=tile, overlap=overlap, align=2).to(latent.dtype)

@@ -191,3 +191,58 @@ def test_channels_last_pass_equals_channel_first(band):
     torch.testing.assert_close(dec, ref_dec, rtol=1e-5, atol=1e-5)
     m.channels_last = False
     torch.testing.assert_close(m.decode_raw(ref_mean), ref_dec, rtol=0, atol=0)
+
+
+def test_fp8_conv_list_and_bad_format():
+    m = _random_vae("small")
+    names = {id(mod): n for n, mod in m.named_modules()}
+    got = sorted(names[id(c)] for c in m.fp8_convs())
+    assert "encoder.conv_out" in got and "decoder.up_blocks.0.upsamplers.0.conv" in got
+    assert not any(n.endswith(("conv_in", "conv_shortcut", "decoder.conv_out", "upscale_conv")) for n in got)
+    assert all(n.endswith(("conv1", "conv2", "upsamplers.0.conv", "encoder.conv_out")) for n in got)
+    m.conv_format = "int3"
+    with pytest.raises(ValueError, match="conv_format"):
+        m.encode_moments(torch.zeros(1, 3, 1, 8, 8))
+
+
+def test_fp8_resnet_streams_exactly():
+    """Scale-1 e4m3 inputs (GroupNorm-fed convs) quantize per element and the cached head frames are
+    e4m3 too, so a block streamed in any chunks gives the numbers of one pass, bit for bit."""
+    from vsrq.models.seedvr2.vae import ResnetBlock, _Stream
+    from vsrq.models.seedvr2.vae_fp8 import Fp8Convs
+
+    torch.manual_seed(0)
+    blk = ResnetBlock(32, 48, 8, 1e-6).eval()
+    x = torch.randn(1, 32, 9, 6, 5)
+
+    def run(chunks: list[int]) -> torch.Tensor:
+        stream = _Stream(None, torch.contiguous_format, Fp8Convs([blk.conv1, blk.conv2]))
+        outs, s = [], 0
+        with torch.no_grad():
+            for c in chunks:
+                outs.append(blk(x[:, :, s : s + c], stream))
+                s += c
+        return torch.cat(outs, dim=2)
+
+    one = run([9])
+    for chunks in ([1, 4, 4], [1, 8], [2, 3, 4]):
+        assert torch.equal(run(chunks), one), chunks
+    with torch.no_grad():
+        plain = blk(x, _Stream(None))
+    assert not torch.equal(one, plain)
+
+
+def test_fp8_model_near_bf16_and_chunking():
+    """The whole fp8 model (upsamplers with per-chunk scales included) stays near the bf16 one (random
+    weights: e4m3's 3 mantissa bits cost a few % per conv, docs/PERF.md); chunking moves it far less
+    (only values that float noise pushes across an e4m3 rounding boundary)."""
+    m = _random_vae("small", seed=7)
+    video = torch.rand(1, 3, 9, 16, 16) * 2 - 1
+    ref_mean, _ = m.encode_moments(video)
+    ref_dec = m.decode_raw(ref_mean)
+    m.conv_format = "fp8"
+    dec8 = m.decode_raw(ref_mean)
+    err = float((dec8 - ref_dec).norm() / ref_dec.norm())
+    assert 1e-3 < err < 0.5, err
+    moved = float((m.decode_raw(ref_mean, chunk_latents=None) - dec8).norm() / ref_dec.norm())
+    assert moved < 0.2 * err, (moved, err)

@@ -39,9 +39,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vsrq.kernels.channel_bias import add_channel_bias_
+from vsrq.kernels.conv3d import PreparedConv
 from vsrq.kernels.group_norm import group_norm_act
+from vsrq.models.seedvr2.vae_fp8 import Fp8Convs, fp8_causal_conv, fp8_causal_conv_scaled
 
-__all__ = ["SeedVR2VAEConfig", "SeedVR2VAE"]
+__all__ = ["SeedVR2VAEConfig", "SeedVR2VAE", "CONV_FORMATS"]
+
+CONV_FORMATS = ("bf16", "fp8")
 
 
 @dataclass
@@ -106,11 +110,16 @@ class _Stream:
     memory format the pass keeps its activations in (channels-last on the GPU: cuDNN's kernels are
     NHWC, so channel-first activations cost a layout conversion around every conv)."""
 
-    def __init__(self, conv_max_bytes: float | None, fmt: torch.memory_format = torch.contiguous_format) -> None:
+    def __init__(self, conv_max_bytes: float | None, fmt: torch.memory_format = torch.contiguous_format,
+                 fp8: Fp8Convs | None = None) -> None:
         self.tails: dict[nn.Module, Tensor] = {}
         self.first = True
         self.conv_max_bytes = conv_max_bytes
         self.fmt = fmt
+        self.fp8 = fp8  # the convs that run in e4m3 (conv_format "fp8"), else None
+
+    def fp8_conv(self, conv: nn.Module) -> PreparedConv | None:
+        return None if self.fp8 is None else self.fp8.get(conv)
 
 
 def _row_bands(n_out: int, n_bands: int) -> list[tuple[int, int]]:
@@ -223,7 +232,12 @@ def _norm_act(norm: nn.GroupNorm, x: Tensor, act: bool = True, out: Tensor | Non
 def norm_conv(norm: nn.GroupNorm, conv: nn.Module, x: Tensor, stream: _Stream,
               residual: Tensor | None = None) -> Tensor:
     """conv(SiLU(GroupNorm(x))) (+ residual) causally, the normalised chunk written straight into
-    the conv's buffer."""
+    the conv's buffer (in fp8 mode: an e4m3 chunk read by the fp8 kernel, bias and residual fused)."""
+    pc = stream.fp8_conv(conv)
+    if pc is not None:
+        x8 = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device, memory_format=stream.fmt)
+        _norm_act(norm, x, out=x8)
+        return fp8_causal_conv(conv, pc, x8, stream.tails, x.dtype, residual)
     buf, body = conv_input(conv, stream, (x.shape[0], x.shape[1], x.shape[2], x.shape[3], x.shape[4]),
                            x.dtype, x.device)
     _norm_act(norm, x, out=body)
@@ -320,7 +334,12 @@ class Upsample(nn.Module):
     def forward(self, x: Tensor, stream: _Stream) -> Tensor:
         b, c, t, h, w = x.shape
         drop = 1 if (self.tz == 2 and stream.first) else 0  # frame 0's duplicate, start of clip only
-        buf, body = conv_input(self.conv, stream, (b, c, t * self.tz - drop, 2 * h, 2 * w), x.dtype, x.device)
+        shape = (b, c, t * self.tz - drop, 2 * h, 2 * w)
+        pc = stream.fp8_conv(self.conv)
+        if pc is not None:  # the fp8 kernel reads the head frames in place: no buffer around the body
+            buf = body = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=stream.fmt)
+        else:
+            buf, body = conv_input(self.conv, stream, shape, x.dtype, x.device)
         out_bytes = body.numel() * body.element_size() * 2  # upscaled + shuffled copy
         limit = stream.conv_max_bytes
         n_bands = 1 if limit is None else max(1, math.ceil(out_bytes / limit))
@@ -333,6 +352,8 @@ class Upsample(nn.Module):
             else:  # written straight into the conv's buffer: one strided copy
                 rows.view(b, c, t, self.tz, r1 - r0, 2, w, 2).copy_(y)
             del y
+        if pc is not None:
+            return fp8_causal_conv_scaled(self.conv, pc, body, stream.tails)
         return run_conv(self.conv, stream, buf)
 
 
@@ -441,6 +462,19 @@ class SeedVR2VAE(nn.Module):
         self.conv_max_bytes: float | None = None
         # Activations channels-last (cuDNN's native layout): None = on CUDA only.
         self.channels_last: bool | None = None
+        # "bf16" (the model's dtype, cuDNN) or "fp8": the convs of vae_fp8.py's list in e4m3.
+        self.conv_format = "bf16"
+        self._fp8: Fp8Convs | None = None
+
+    def fp8_convs(self) -> list[nn.Conv3d]:
+        """The convs that run in e4m3 when conv_format is "fp8" (vae_fp8.py says why these)."""
+        convs: list[nn.Conv3d] = []
+        for mod in self.modules():
+            if isinstance(mod, ResnetBlock):
+                convs += [mod.conv1, mod.conv2]
+            elif isinstance(mod, Upsample):
+                convs.append(mod.conv)
+        return convs + [self.encoder.conv_out]
 
     def _stream(self, device: torch.device) -> _Stream:
         """A fresh causal pass; in channels-last mode the conv weights are made channels-last too
@@ -450,7 +484,14 @@ class SeedVR2VAE(nn.Module):
         w = self.encoder.conv_in.weight
         if not w.is_contiguous(memory_format=fmt):
             self.to(memory_format=fmt)
-        return _Stream(self.conv_max_bytes, fmt)
+        if self.conv_format not in CONV_FORMATS:
+            raise ValueError(f"conv_format must be one of {CONV_FORMATS}, got {self.conv_format!r}")
+        fp8 = None
+        if self.conv_format == "fp8":
+            if self._fp8 is None:
+                self._fp8 = Fp8Convs(self.fp8_convs())
+            fp8 = self._fp8
+        return _Stream(self.conv_max_bytes, fmt, fp8)
 
     # -- raw (unscaled, channel-first) passes ---------------------------------------------
 

@@ -1,0 +1,105 @@
+"""fp8 (e4m3) convolutions for SeedVR2's VAE: which convs, their packed weights, their causal state.
+
+Why: the VAE is most of a SeedVR2 upscale's GPU time and its 3x3x3 convolutions most of that; on
+an H100 the implicit-GEMM kernel of `vsrq.kernels.conv3d` runs them in fp8 at 1.5-1.75x cuDNN's
+bf16 (docs/PERF.md). Which convs:
+
+* convs fed by a GroupNorm + SiLU (every resnet conv, the encoder's conv_out): the norm kernel
+  writes e4m3 directly (scale 1: normalised activations sit well inside e4m3's range, and it
+  saturates at +-448), so quantizing costs no pass of its own;
+* the upsamplers' 3x3x3 convs (the largest single convs of the decoder): their input (a pixel
+  shuffle of the residual stream) has no known range, so it gets a per-chunk power-of-two scale
+  (>= amax / 448; a power of two so that dividing by it is exact in bf16);
+* everything else (conv_in/conv_out with 3 or 16 channels, the 1x1 shortcuts, downsamplers) stays
+  on the bf16 path.
+
+Causal state: the kernel reads the cached head frames in place. For scale-1 inputs the cache holds
+e4m3 frames; for per-chunk scales it holds the real (bf16) frames, requantized with each chunk's
+scale, so head and body always share one scale.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from vsrq.kernels.conv3d import FP8_MAX, PreparedConv, causal_conv3d, prepare_conv_weight, triton_supported
+
+__all__ = ["Fp8Convs", "fp8_causal_conv", "fp8_causal_conv_scaled"]
+
+
+class Fp8Convs:
+    """The packed e4m3 weights of the convs that run in fp8, made once per device and weight version."""
+
+    def __init__(self, convs: list[nn.Conv3d]) -> None:
+        self._convs = {id(c) for c in convs}
+        self._packed: dict[int, tuple[tuple, PreparedConv]] = {}
+
+    def get(self, conv: nn.Module) -> PreparedConv | None:
+        if id(conv) not in self._convs or not isinstance(conv, nn.Conv3d):
+            return None
+        w = conv.weight
+        stamp = (w.data_ptr(), w.device, _version(w), None if conv.bias is None else _version(conv.bias))
+        hit = self._packed.get(id(conv))
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        pc = prepare_conv_weight(w, "fp8", conv.bias, conv.stride, conv.padding)
+        if not triton_supported(pc):
+            return None
+        self._packed[id(conv)] = (stamp, pc)
+        return pc
+
+
+def _version(t: Tensor) -> int:
+    """In-place updates bump a tensor's version (weights loaded into the same storage repack);
+    inference tensors keep none (they cannot be changed outside inference mode)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return -1
+
+
+def _head_and_tail(conv: nn.Module, x: Tensor, cache: dict[nn.Module, Tensor]) -> tuple[Tensor | None, bool]:
+    """The head frames for this chunk (None + replicate at the clip start) and the cache updated
+    with the last ``kt - st`` frames of the head-prefixed input."""
+    kt, st = conv.kernel_size[0], conv.stride[0]
+    if kt == 1:
+        return None, False
+    head = cache.get(conv)
+    keep = kt - st
+    if keep > 0:
+        prefix = head if head is not None else x[:, :, :1].expand(-1, -1, kt - 1, -1, -1)
+        if keep > prefix.shape[2] + x.shape[2]:
+            raise ValueError("causal chunk too short for the conv's temporal cache")
+        if keep <= x.shape[2]:
+            tail = x[:, :, x.shape[2] - keep :]
+        else:
+            tail = torch.cat([prefix[:, :, prefix.shape[2] - (keep - x.shape[2]) :], x], dim=2)
+        cache[conv] = tail.clone(memory_format=torch.channels_last_3d)
+    return head, head is None
+
+
+def fp8_causal_conv(conv: nn.Module, pc: PreparedConv, x8: Tensor, cache: dict[nn.Module, Tensor],
+                    out_dtype: torch.dtype, residual: Tensor | None = None) -> Tensor:
+    """Causal conv of an e4m3 chunk at scale 1 (a GroupNorm's output), bias and residual fused."""
+    head, rep = _head_and_tail(conv, x8, cache)
+    return causal_conv3d(x8, pc, head=head, replicate_first=rep, x_scale=1.0, residual=residual,
+                         out_dtype=out_dtype)
+
+
+def fp8_causal_conv_scaled(conv: nn.Module, pc: PreparedConv, x: Tensor, cache: dict[nn.Module, Tensor]) -> Tensor:
+    """Causal conv of a real-valued (bf16) chunk quantized with its own scale: the power of two at
+    or above amax / 448 over the chunk and its cached head frames (which are requantized with it)."""
+    head, rep = _head_and_tail(conv, x, cache)
+    amax = x.abs().amax().float()
+    if head is not None:
+        amax = torch.maximum(amax, head.abs().amax().float())
+    scale = torch.exp2(torch.ceil(torch.log2(torch.clamp_min(amax, 1e-30) / FP8_MAX))).reshape(1)
+    inv = 1.0 / scale
+
+    def q(t: Tensor) -> Tensor:
+        out = torch.empty(t.shape, dtype=torch.float8_e4m3fn, device=t.device, memory_format=torch.channels_last_3d)
+        return torch.mul(t, inv.to(t.dtype), out=out)
+
+    return causal_conv3d(q(x), pc, head=None if head is None else q(head), replicate_first=rep, x_scale=scale,
+                         out_dtype=x.dtype)
