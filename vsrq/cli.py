@@ -144,6 +144,9 @@ def upscale(
         fail(f"--colour-fix must be wavelet, adain or none, got {colour_fix!r}", 2)
     if vae_precision is not None and vae_precision not in ("bf16", "fp8"):
         fail(f"--vae-precision must be bf16 or fp8, got {vae_precision!r}", 2)
+    if vae_precision == "fp8" and not _fp8_gpu(device):
+        fail("--vae-precision fp8 needs a CUDA GPU with fp8 tensor cores (Ada, Hopper or newer); "
+             "elsewhere it would only be slower", 2)
     if tile < 0 or tile_overlap < 0 or (tile and tile_overlap >= tile):
         fail("--tile must be 0 or larger than --tile-overlap", 2)
     if batch < 1:
@@ -189,6 +192,16 @@ def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _fp8_gpu(device: str) -> bool:
+    """Whether `device` (auto, cpu, cuda, cuda:N) is a CUDA GPU of compute capability 8.9 or newer."""
+    if device == "cpu" or not _cuda_available():
+        return False
+    import torch
+
+    index = torch.device(device).index if device.startswith("cuda") else None
+    return torch.cuda.get_device_capability(index) >= (8, 9)
 
 
 def _configure_model(loaded: Any, scale: Optional[float], chunk: Optional[int], overlap: Optional[int],

@@ -65,6 +65,13 @@ def test_seedvr2_options_on_another_model_are_one_line_errors(short_bbb, test_mo
     assert result.returncode == 2 and "from 64 up" in result.stderr
     result = run_vsrq("upscale", str(short_bbb), str(tmp_path / "o.mp4"), "--seed", "0")  # any seed, not just non-zero ones
     assert result.returncode == 2 and "apply to SeedVR2 models only" in result.stderr
+    result = run_vsrq("upscale", str(short_bbb), str(tmp_path / "o.mp4"), "--vae-precision", "fp8", "--device", "cpu")
+    assert result.returncode == 2 and "needs a CUDA GPU with fp8 tensor cores" in result.stderr
+    result = run_vsrq("upscale", str(short_bbb), str(tmp_path / "o.mp4"), "--vae-precision", "bf16")
+    assert result.returncode == 2 and "--vae-precision apply to SeedVR2 models only" in result.stderr
+    result = run_vsrq("upscale", str(short_bbb), str(tmp_path / "o.mp4"), "--vae-precision", "fp16")
+    assert result.returncode == 2 and "--vae-precision must be bf16 or fp8" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
     result = run_vsrq("upscale", str(short_bbb), str(tmp_path / "o.mp4"), "--max-vram", "8", "--device", "cpu")
     assert result.returncode == 2 and "needs a CUDA device" in result.stderr
     files = tiny_seedvr2_files(tmp_path / "ckpts")
@@ -122,3 +129,31 @@ def test_seedvr2_options_on_a_known_other_model_fail_before_loading_it(short_bbb
     monkeypatch.setattr("vsrq.models.loader.load_model", no_load)
     res = CliRunner().invoke(app, ["upscale", str(short_bbb), str(tmp_path / "o.mp4"), "--colour-fix", "adain"])
     assert res.exit_code == 2 and "apply to SeedVR2 models only" in res.output, res.output
+
+
+def test_vae_precision_setting_reaches_the_vae(tmp_path):
+    """SeedVR2Settings.vae_precision: "fp8" runs the VAE's e4m3 convs (a different, nearby output and a
+    different resume fingerprint); anything else is refused."""
+    import pytest
+
+    from vsrq.pipeline.seedvr2 import SeedVR2Settings
+
+    from vsrq.models.seedvr2.vae import SeedVR2VAE, SeedVR2VAEConfig
+
+    files = tiny_seedvr2_files(tmp_path / "ckpts")
+    model = load_model(str(files["weights"])).module
+    torch.manual_seed(0)
+    model.vae = SeedVR2VAE(SeedVR2VAEConfig.preset("small")).eval()  # channels the e4m3 conv takes (the tiny VAE's 4-8 are too few)
+    model.settings.colour_fix = "none"
+    x = torch.rand(1, 3, 5, 16, 24)
+    with torch.no_grad():
+        ref = model(x)
+        fp = model.settings.fingerprint()
+        model.settings.vae_precision = "fp8"
+        got = model(x)
+    assert model.vae.conv_format == "fp8" and model.settings.fingerprint() != fp
+    assert "vae precision" not in fp  # journals written before the option stay resumable
+    rel = float((got - ref).norm() / ref.norm())
+    assert 0 < rel < 0.5, rel
+    with pytest.raises(ValueError, match="VAE precision"):
+        SeedVR2Settings(vae_precision="fp4")
