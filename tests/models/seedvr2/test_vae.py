@@ -209,14 +209,14 @@ def test_fp8_resnet_streams_exactly():
     """Scale-1 e4m3 inputs (GroupNorm-fed convs) quantize per element and the cached head frames are
     e4m3 too, so a block streamed in any chunks gives the numbers of one pass, bit for bit."""
     from vsrq.models.seedvr2.vae import ResnetBlock, _Stream
-    from vsrq.models.seedvr2.vae_fp8 import Fp8Convs
+    from vsrq.models.seedvr2.vae_fp8 import PackedConvs
 
     torch.manual_seed(0)
     blk = ResnetBlock(32, 48, 8, 1e-6).eval()
     x = torch.randn(1, 32, 9, 6, 5)
 
     def run(chunks: list[int]) -> torch.Tensor:
-        stream = _Stream(None, torch.contiguous_format, Fp8Convs([blk.conv1, blk.conv2]))
+        stream = _Stream(None, torch.contiguous_format, PackedConvs([blk.conv1, blk.conv2], "fp8"))
         outs, s = [], 0
         with torch.no_grad():
             for c in chunks:

@@ -41,7 +41,8 @@ from torch import Tensor, nn
 from vsrq.kernels.channel_bias import add_channel_bias_
 from vsrq.kernels.conv3d import PreparedConv
 from vsrq.kernels.group_norm import group_norm_act
-from vsrq.models.seedvr2.vae_fp8 import Fp8Convs, fp8_causal_conv, fp8_causal_conv_scaled
+from vsrq.kernels._triton import can_run_triton
+from vsrq.models.seedvr2.vae_fp8 import PackedConvs, fp8_causal_conv, fp8_causal_conv_scaled, kernel_causal_conv
 
 __all__ = ["SeedVR2VAEConfig", "SeedVR2VAE", "CONV_FORMATS"]
 
@@ -111,15 +112,22 @@ class _Stream:
     NHWC, so channel-first activations cost a layout conversion around every conv)."""
 
     def __init__(self, conv_max_bytes: float | None, fmt: torch.memory_format = torch.contiguous_format,
-                 fp8: Fp8Convs | None = None) -> None:
+                 fp8: PackedConvs | None = None, kernel_bf16: PackedConvs | None = None) -> None:
         self.tails: dict[nn.Module, Tensor] = {}
         self.first = True
         self.conv_max_bytes = conv_max_bytes
         self.fmt = fmt
         self.fp8 = fp8  # the convs that run in e4m3 (conv_format "fp8"), else None
+        self.kernel_bf16 = kernel_bf16  # the convs that run on the implicit-GEMM kernel in bf16 (channels-last)
 
     def fp8_conv(self, conv: nn.Module) -> PreparedConv | None:
         return None if self.fp8 is None else self.fp8.get(conv)
+
+    def kernel_conv(self, conv: nn.Module, x: Tensor) -> PreparedConv | None:
+        if (self.kernel_bf16 is None or self.fmt != torch.channels_last_3d or x.dtype != torch.bfloat16
+                or not can_run_triton(x)):
+            return None  # (a float32 model keeps its precision: the kernel's operands are bf16)
+        return self.kernel_bf16.get(conv)
 
 
 def _row_bands(n_out: int, n_bands: int) -> list[tuple[int, int]]:
@@ -312,6 +320,9 @@ class Downsample(nn.Module):
         self.conv = nn.Conv3d(channels, channels, (kt, 3, 3), stride=(st, 2, 2), padding=0)
 
     def forward(self, x: Tensor, stream: _Stream) -> Tensor:
+        pc = stream.kernel_conv(self.conv, x)
+        if pc is not None:  # reads the pad and the head frames in place (vae_fp8.py says why)
+            return kernel_causal_conv(self.conv, pc, x, stream.tails, pad_end=1)
         return causal_conv(self.conv, x, stream, pad_end=1)
 
 
@@ -464,7 +475,8 @@ class SeedVR2VAE(nn.Module):
         self.channels_last: bool | None = None
         # "bf16" (the model's dtype, cuDNN) or "fp8": the convs of vae_fp8.py's list in e4m3.
         self.conv_format = "bf16"
-        self._fp8: Fp8Convs | None = None
+        self._fp8: PackedConvs | None = None
+        self._kernel_bf16: PackedConvs | None = None
 
     def fp8_convs(self) -> list[nn.Conv3d]:
         """The convs that run in e4m3 when conv_format is "fp8" (vae_fp8.py says why these)."""
@@ -489,9 +501,11 @@ class SeedVR2VAE(nn.Module):
         fp8 = None
         if self.conv_format == "fp8":
             if self._fp8 is None:
-                self._fp8 = Fp8Convs(self.fp8_convs())
+                self._fp8 = PackedConvs(self.fp8_convs(), "fp8")
             fp8 = self._fp8
-        return _Stream(self.conv_max_bytes, fmt, fp8)
+        if self._kernel_bf16 is None:
+            self._kernel_bf16 = PackedConvs([m.conv for m in self.modules() if isinstance(m, Downsample)], "bf16")
+        return _Stream(self.conv_max_bytes, fmt, fp8, self._kernel_bf16)
 
     # -- raw (unscaled, channel-first) passes ---------------------------------------------
 

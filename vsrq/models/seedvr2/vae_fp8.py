@@ -1,4 +1,5 @@
-"""fp8 (e4m3) convolutions for SeedVR2's VAE: which convs, their packed weights, their causal state.
+"""The VAE's convolutions on the implicit-GEMM kernel (`vsrq.kernels.conv3d`): which convs, their packed
+weights, their causal state. Mostly fp8 (e4m3); also the downsamplers in bf16 (below).
 
 Why: the VAE is most of a SeedVR2 upscale's GPU time and its 3x3x3 convolutions most of that; on
 an H100 the implicit-GEMM kernel of `vsrq.kernels.conv3d` runs them in fp8 at 1.5-1.75x cuDNN's
@@ -11,7 +12,9 @@ bf16 (docs/PERF.md). Which convs:
   shuffle of the residual stream) has no known range, so it gets a per-chunk power-of-two scale
   (>= amax / 448; a power of two so that dividing by it is exact in bf16);
 * everything else (conv_in/conv_out with 3 or 16 channels, the 1x1 shortcuts, downsamplers) stays
-  on the bf16 path.
+  bf16. The encoder's stride-2 downsamplers run on the kernel in bf16 in every mode (cuDNN is slow at
+  stride 2: 79 TFLOP/s against the kernel's 386 at 1080p on an H100, and the kernel reads the bottom/right
+  zero pad and the head frames in place).
 
 Causal state: the kernel reads the cached head frames in place. For scale-1 inputs the cache holds
 e4m3 frames; for per-chunk scales it holds the real (bf16) frames, requantized with each chunk's
@@ -25,15 +28,17 @@ from torch import Tensor, nn
 
 from vsrq.kernels.conv3d import FP8_MAX, PreparedConv, causal_conv3d, prepare_conv_weight, triton_supported
 
-__all__ = ["Fp8Convs", "fp8_causal_conv", "fp8_causal_conv_scaled"]
+__all__ = ["PackedConvs", "fp8_causal_conv", "fp8_causal_conv_scaled", "kernel_causal_conv"]
 
 
-class Fp8Convs:
-    """The packed e4m3 weights of the convs that run in fp8, made once per device and weight version."""
+class PackedConvs:
+    """The packed weights (`fmt` "fp8" or "bf16") of the convs that run on the kernel, made once per
+    device and weight version; `get` is None for any other conv or a shape the kernel does not take."""
 
-    def __init__(self, convs: list[nn.Conv3d]) -> None:
+    def __init__(self, convs: list[nn.Conv3d], fmt: str = "fp8") -> None:
         self._convs = {id(c) for c in convs}
         self._packed: dict[int, tuple[tuple, PreparedConv]] = {}
+        self.fmt = fmt
 
     def get(self, conv: nn.Module) -> PreparedConv | None:
         if id(conv) not in self._convs or not isinstance(conv, nn.Conv3d):
@@ -43,7 +48,7 @@ class Fp8Convs:
         hit = self._packed.get(id(conv))
         if hit is not None and hit[0] == stamp:
             return hit[1]
-        pc = prepare_conv_weight(w, "fp8", conv.bias, conv.stride, conv.padding)
+        pc = prepare_conv_weight(w, self.fmt, conv.bias, conv.stride, conv.padding)
         if not triton_supported(pc):
             return None
         self._packed[id(conv)] = (stamp, pc)
@@ -103,3 +108,12 @@ def fp8_causal_conv_scaled(conv: nn.Module, pc: PreparedConv, x: Tensor, cache: 
 
     return causal_conv3d(q(x), pc, head=None if head is None else q(head), replicate_first=rep, x_scale=scale,
                          out_dtype=x.dtype)
+
+
+def kernel_causal_conv(conv: nn.Module, pc: PreparedConv, x: Tensor, cache: dict[nn.Module, Tensor],
+                       pad_end: int = 0) -> Tensor:
+    """Causal bf16 conv of a chunk on the kernel, ``pad_end`` zero rows/columns read at the bottom/right."""
+    head, rep = _head_and_tail(conv, x, cache)
+    (kh, kw), (sh, sw), (ph, pw) = pc.kernel[1:], pc.stride[1:], pc.padding
+    out_hw = ((x.shape[3] + 2 * ph + pad_end - kh) // sh + 1, (x.shape[4] + 2 * pw + pad_end - kw) // sw + 1)
+    return causal_conv3d(x, pc, head=head, replicate_first=rep, out_hw=out_hw, out_dtype=x.dtype)
