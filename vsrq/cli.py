@@ -142,8 +142,10 @@ def upscale(
         fail("--max-vram plans GPU memory; it needs a CUDA device", 2)
     if colour_fix is not None and colour_fix not in ("wavelet", "adain", "none"):
         fail(f"--colour-fix must be wavelet, adain or none, got {colour_fix!r}", 2)
-    if vae_precision is not None and vae_precision not in ("bf16", "fp8"):
-        fail(f"--vae-precision must be bf16 or fp8, got {vae_precision!r}", 2)
+    from vsrq.pipeline.seedvr2 import VAE_PRECISIONS
+
+    if vae_precision is not None and vae_precision not in VAE_PRECISIONS:
+        fail(f"--vae-precision must be {' or '.join(VAE_PRECISIONS)}, got {vae_precision!r}", 2)
     if vae_precision == "fp8" and not _fp8_gpu(device):
         fail("--vae-precision fp8 needs a CUDA GPU with fp8 tensor cores (Ada, Hopper or newer); "
              "elsewhere it would only be slower", 2)
@@ -195,13 +197,19 @@ def _cuda_available() -> bool:
 
 
 def _fp8_gpu(device: str) -> bool:
-    """Whether `device` (auto, cpu, cuda, cuda:N) is a CUDA GPU of compute capability 8.9 or newer."""
-    if device == "cpu" or not _cuda_available():
+    """Whether `device` (auto, cpu, cuda, cuda:N, any case) is a CUDA GPU with fp8 tensor cores."""
+    from vsrq.kernels.conv3d import FP8_MIN_CAPABILITY
+
+    device = device.strip().lower()
+    if not device.startswith(("auto", "cuda")) or not _cuda_available():
         return False
     import torch
 
-    index = torch.device(device).index if device.startswith("cuda") else None
-    return torch.cuda.get_device_capability(index) >= (8, 9)
+    try:
+        index = torch.device(device).index if device.startswith("cuda") else None
+        return torch.cuda.get_device_capability(index) >= FP8_MIN_CAPABILITY
+    except (AssertionError, RuntimeError, ValueError):  # no such GPU: the device check says so later
+        return False
 
 
 def _configure_model(loaded: Any, scale: Optional[float], chunk: Optional[int], overlap: Optional[int],

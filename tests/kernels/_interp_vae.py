@@ -115,7 +115,10 @@ def _vae_fp8() -> str:
         dec_ref = m.decode_raw(mean)
     e_enc = float((mean - mean_ref).norm() / mean_ref.norm())
     e_dec = float((dec - dec_ref).norm() / dec_ref.norm())
-    assert e_enc < 1e-3 and e_dec < 1e-3, (e_enc, e_dec)
+    # The two GroupNorms' statistics differ by float noise, which can push a value across an e4m3
+    # rounding boundary (one ulp: 6 %) that the small net then carries on: seeds give 2e-7 to 1.4e-2.
+    # A wrong head, scale or layout gives O(1) (the fp8 model is 0.1-0.3 from bf16).
+    assert e_enc < 5e-2 and e_dec < 5e-2, (e_enc, e_dec)
     return f"rel err encode {e_enc:.1e}, decode {e_dec:.1e}"
 
 
@@ -123,3 +126,40 @@ CASES["group_norm_cl[stats_apply_into_body]"] = _group_norm_cl
 CASES["channel_bias[bf16_fp32_residual]"] = _channel_bias
 CASES["seedvr2_vae[channels_last_vs_channel_first]"] = _vae_cl
 CASES["seedvr2_vae[fp8_triton_vs_reference]"] = _vae_fp8
+
+
+def _group_norm_e4m3() -> str:
+    """The apply kernel's e4m3 output (rounded in-kernel, ties to even) equals torch's cast of the same
+    fp32 values, ties included; values past the e4m3 range saturate at +-448."""
+    import torch
+
+    from vsrq.kernels.group_norm import frame_group_stats, group_norm_act_ref
+    from vsrq.kernels.group_norm_triton import group_norm_act_cl_triton
+
+    torch.manual_seed(4)
+    x = torch.randn(2, 16, 3, 9, 11) * 4
+    wt, bs = torch.rand(16) * 40, torch.randn(16)
+    wt[0] = 400.0  # channel 0 saturates
+    mean, rstd = frame_group_stats(x, 8, 1e-6)
+    xcl = x.contiguous(memory_format=torch.channels_last_3d)
+
+    def kernel(mean, rstd, wt, bs):
+        out = torch.empty(x.shape, dtype=torch.float8_e4m3fn).contiguous(memory_format=torch.channels_last_3d)
+        return group_norm_act_cl_triton(xcl, mean, rstd, wt, bs, False, out).float()
+
+    want = group_norm_act_ref(x, mean, rstd, wt, bs, act=False).clamp(-448, 448).to(torch.float8_e4m3fn).float()
+    got = kernel(mean, rstd, wt, bs)
+    assert bool((got == want).all()), f"{int((got != want).sum())} of {got.numel()} differ"
+    assert float(got.abs().max()) == 448.0
+    # identity statistics and affine: the values themselves, exact ties among them
+    ties = torch.tensor([1.6875, -1.6875, 1.5625, -432.0, 432.0, 0.01953125, 3.0e-3, -7.5])
+    x.view(-1)[: ties.numel()] = ties
+    xcl = x.contiguous(memory_format=torch.channels_last_3d)
+    ident = (torch.zeros_like(mean), torch.ones_like(rstd), torch.ones(16), torch.zeros(16))
+    got = kernel(*ident)
+    want = x.clamp(-448, 448).to(torch.float8_e4m3fn).float()
+    assert bool((got == want).all()), (got.view(-1)[:8], want.view(-1)[:8])
+    return "bit-equal to torch's e4m3 cast"
+
+
+CASES["group_norm_cl[e4m3_out_equals_torch_cast]"] = _group_norm_e4m3

@@ -1,8 +1,8 @@
 """Causal 3D convolution of SeedVR2's video VAE as one implicit GEMM, in fp8 (e4m3) or bf16.
 
-Why: the VAE's 3x3x3 convolutions are most of a SeedVR2 upscale's GPU time (docs/PERF.md, "SeedVR2
-on the H100"), cuDNN offers no fp8 conv3d through torch, and the VAE today materialises a
-``torch.cat`` of the cached head frames (and cuDNN converts NCDHW <-> NDHWC) around every call.
+Why: the VAE's 3x3x3 convolutions are most of a SeedVR2 upscale's GPU time (docs/PERF.md, "SeedVR2's
+VAE on the H100"), cuDNN offers no fp8 conv3d through torch, and cuDNN's bf16 conv needs its input
+materialised (cached head frames, padding); this kernel reads them in place.
 
 One function covers every conv of that VAE. Activations are logical (B, C, T, H, W) tensors in
 ``torch.channels_last_3d`` memory (channel stride 1); the result is exactly
@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
+FP8_MIN_CAPABILITY = (8, 9)  # fp8 tensor cores: Ada, Hopper and newer
 FORMATS = ("fp8", "bf16")
 
 
@@ -239,7 +240,7 @@ def _channel_fastest(t: torch.Tensor) -> torch.Tensor:
 
 def _fp8_mma_ok(x: torch.Tensor) -> bool:
     """fp8 tensor cores exist from sm89 (Ada, Hopper); the interpreter emulates them."""
-    return not x.is_cuda or capability(device_index(x)) >= (8, 9)
+    return not x.is_cuda or capability(device_index(x)) >= FP8_MIN_CAPABILITY
 
 
 def causal_conv3d(x: torch.Tensor, pc: PreparedConv, *, head: torch.Tensor | None = None,

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from vsrq.kernels._triton import can_run_triton
+from vsrq.kernels.conv3d import FP8_MAX
 
 __all__ = ["frame_group_stats", "group_norm_act", "group_norm_act_ref", "is_channels_last_body"]
 
@@ -94,6 +95,6 @@ def group_norm_act(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: tor
         y = group_norm_act_ref(x, mean, rstd, weight, bias, act)
     if out is not None:
         if out.dtype == torch.float8_e4m3fn:
-            y = y.float().clamp_(-448.0, 448.0)
+            y = y.float().clamp_(-FP8_MAX, FP8_MAX)
         return out.copy_(y)
     return y.contiguous(memory_format=torch.channels_last_3d) if cl else y

@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from vsrq.kernels.conv3d import FP8_MAX
+
 
 @triton.jit
 def _normalise(x, s, c, mask, mean_ptr, rstd_ptr, w_ptr, b_ptr, ACT: tl.constexpr):
@@ -107,11 +109,14 @@ def _gn_act_cl_kernel(x_ptr, y_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, per_b, x_s
     t = offs // HWC
     s = (b * G + c // (C // G)) * T + t  # index into (B, G, T) statistics
     y = _normalise(x, s, c, mask, mean_ptr, rstd_ptr, w_ptr, b_ptr, ACT)
-    if CLAMP > 0:  # e4m3 output: round to its grid here (3 mantissa bits, subnormal below 2**-6), then
-        # the cast is exact. Same numbers as the GPU's round-to-nearest cast (up to ties), and right
-        # under the interpreter too, whose cast (triton 3.9) drops the carry at a power of two (1.99 -> 1).
+    if CLAMP > 0:  # e4m3 output: round to its grid here (3 mantissa bits, subnormal below 2**-6, ties to
+        # even), then the cast is exact: torch's round-to-nearest-even numbers, on the GPU and under the
+        # interpreter too, whose own cast (triton 3.9) drops the carry at a power of two (1.99 -> 1).
         step = tl.exp2(tl.floor(tl.log2(tl.maximum(tl.abs(y), 0.015625))) - 3.0)
-        y = tl.floor(y / step + 0.5) * step
+        v = y / step  # exact: step is a power of two
+        r = tl.floor(v + 0.5)
+        r = tl.where((r - v == 0.5) & (r - 2.0 * tl.floor(r * 0.5) != 0.0), r - 1.0, r)  # a tie to the odd one: go even
+        y = r * step
         y = tl.minimum(tl.maximum(y, -CLAMP), CLAMP)
     tl.store(y_ptr + b.to(tl.int64) * y_sb + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -143,7 +148,7 @@ def group_norm_act_cl_triton(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Te
     b, c, t, h, w = x.shape
     per_b = t * h * w * c
     block = 2048
-    clamp = 448.0 if out.dtype == torch.float8_e4m3fn else 0.0
+    clamp = FP8_MAX if out.dtype == torch.float8_e4m3fn else 0.0
     _gn_act_cl_kernel[(triton.cdiv(per_b, block), b)](
         x, out, mean, rstd, weight.contiguous(), bias.contiguous(), per_b, x.stride(0), out.stride(0), t, h * w * c,
         C=c, G=mean.shape[1], ACT=act, CLAMP=clamp, BLOCK=block)

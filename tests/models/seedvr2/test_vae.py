@@ -179,7 +179,7 @@ def test_channels_last_pass_equals_channel_first(band):
     function as the channel-first one, chunked, row-banded or not."""
     m = _random_vae("small", seed=6)
     m.conv_max_bytes = band
-    video = torch.rand(1, 3, 9, 16, 24) * 2 - 1
+    video = torch.rand(2, 3, 9, 16, 24) * 2 - 1  # two videos: batch strides of the in-place bodies
     ref_mean, ref_logvar = m.encode_moments(video)
     ref_dec = m.decode_raw(ref_mean)
     m.channels_last = True
@@ -188,7 +188,7 @@ def test_channels_last_pass_equals_channel_first(band):
     torch.testing.assert_close(mean, ref_mean, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(logvar, ref_logvar, rtol=1e-5, atol=1e-5)
     dec = m.decode_raw(ref_mean)
-    torch.testing.assert_close(dec, ref_dec, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dec, ref_dec, rtol=1e-5, atol=3e-5)  # fp32 summation order only
     m.channels_last = False
     torch.testing.assert_close(m.decode_raw(ref_mean), ref_dec, rtol=0, atol=0)
 
@@ -243,6 +243,6 @@ def test_fp8_model_near_bf16_and_chunking():
     m.conv_format = "fp8"
     dec8 = m.decode_raw(ref_mean)
     err = float((dec8 - ref_dec).norm() / ref_dec.norm())
-    assert 1e-3 < err < 0.5, err
+    assert 1e-3 < err < 0.3, err  # measured 0.22 (dropping the cached heads gives 0.41)
     moved = float((m.decode_raw(ref_mean, chunk_latents=None) - dec8).norm() / ref_dec.norm())
     assert moved < 0.2 * err, (moved, err)

@@ -23,9 +23,11 @@ Facts this file relies on (settled by reading and running the official code):
 * The DiT consumes ``(posterior - shift) * 0.9152`` channels-last; official inference *samples*
   the posterior (``use_sample`` defaults to True), shift is 0.
 
-Memory: `decode` runs one latent frame at a time (4 output frames), holds only the per-conv
-caches (2 frames per 3x3x3 conv) between chunks, and splits any conv whose input exceeds
-``conv_max_bytes`` into row bands (exact), writing into one preallocated output.
+Memory: `decode` runs one latent frame at a time (4 output frames) and holds only the per-conv
+caches (2 frames per 3x3x3 conv) between chunks. On the GPU activations are channels-last and each
+causal conv's input is assembled in place after its cached head frames (`conv_input`), or read in
+place by the implicit-GEMM kernel (`vae_fp8.py`). Optionally (``conv_max_bytes``, off by default) the
+cuDNN-path convs with a temporal kernel and the upsamplers' pointwise convs run over row bands (exact).
 """
 
 from __future__ import annotations
@@ -467,8 +469,9 @@ class SeedVR2VAE(nn.Module):
         self.config = config or SeedVR2VAEConfig()
         self.encoder = Encoder(self.config)
         self.decoder = Decoder(self.config)
-        # Conv inputs above this many bytes are split into exact row bands (the official code splits
-        # at 0.5 GiB). Off: with the inputs assembled in place (`conv_input`) bands only add copies;
+        # Inputs of the cuDNN-path causal convs (not the 1x1x1 shortcuts, not the kernel's convs) above
+        # this many bytes run over exact row bands (the official code splits at 0.5 GiB). Off: with
+        # the inputs assembled in place (`conv_input`) bands only add copies;
         # on an H100 at 1080p they cost 15 % of the decode and saved no peak memory (docs/PERF.md).
         self.conv_max_bytes: float | None = None
         # Activations channels-last (cuDNN's native layout): None = on CUDA only.
@@ -495,7 +498,8 @@ class SeedVR2VAE(nn.Module):
         fmt = torch.channels_last_3d if cl else torch.contiguous_format
         w = self.encoder.conv_in.weight
         if not w.is_contiguous(memory_format=fmt):
-            self.to(memory_format=fmt)
+            with torch.inference_mode(False):  # normal tensors even inside the pipeline's inference mode
+                self.to(memory_format=fmt)
         if self.conv_format not in CONV_FORMATS:
             raise ValueError(f"conv_format must be one of {CONV_FORMATS}, got {self.conv_format!r}")
         fp8 = None

@@ -23,6 +23,8 @@ scale, so head and body always share one scale.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import Tensor, nn
 
@@ -32,32 +34,38 @@ __all__ = ["PackedConvs", "fp8_causal_conv", "fp8_causal_conv_scaled", "kernel_c
 
 
 class PackedConvs:
-    """The packed weights (`fmt` "fp8" or "bf16") of the convs that run on the kernel, made once per
-    device and weight version; `get` is None for any other conv or a shape the kernel does not take."""
+    """The packed weights (`fmt` "fp8" or "bf16") of the convs that run on the kernel; `get` is None for
+    any other conv or a shape the kernel does not take. A pack is reused while the conv holds the same
+    weight tensor (identity, not just its address: a new tensor may land at a freed one's address) at
+    the same version; weights changed in place inside inference mode (no version counter) are not
+    seen, so change them outside it or call `clear`."""
 
     def __init__(self, convs: list[nn.Conv3d], fmt: str = "fp8") -> None:
         self._convs = {id(c) for c in convs}
-        self._packed: dict[int, tuple[tuple, PreparedConv]] = {}
+        self._packed: dict[int, tuple[tuple, PreparedConv | None]] = {}
         self.fmt = fmt
+
+    def clear(self) -> None:
+        self._packed.clear()
 
     def get(self, conv: nn.Module) -> PreparedConv | None:
         if id(conv) not in self._convs or not isinstance(conv, nn.Conv3d):
             return None
-        w = conv.weight
-        stamp = (w.data_ptr(), w.device, _version(w), None if conv.bias is None else _version(conv.bias))
+        w, b = conv.weight, conv.bias
+        stamp = (w.data_ptr(), w.device, _version(w), None if b is None else (b.data_ptr(), _version(b)))
         hit = self._packed.get(id(conv))
-        if hit is not None and hit[0] == stamp:
+        if hit is not None and hit[0][0] == stamp and hit[0][1]() is w and (b is None or hit[0][2]() is b):
             return hit[1]
-        pc = prepare_conv_weight(w, self.fmt, conv.bias, conv.stride, conv.padding)
+        pc = prepare_conv_weight(w, self.fmt, b, conv.stride, conv.padding)
         if not triton_supported(pc):
-            return None
-        self._packed[id(conv)] = (stamp, pc)
+            pc = None  # remembered, so an unsupported shape is not packed again on every call
+        self._packed[id(conv)] = ((stamp, weakref.ref(w), None if b is None else weakref.ref(b)), pc)
         return pc
 
 
 def _version(t: Tensor) -> int:
     """In-place updates bump a tensor's version (weights loaded into the same storage repack);
-    inference tensors keep none (they cannot be changed outside inference mode)."""
+    inference tensors have none (-1: see `PackedConvs`)."""
     try:
         return t._version
     except RuntimeError:
