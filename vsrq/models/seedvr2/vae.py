@@ -44,7 +44,13 @@ from vsrq.kernels.channel_bias import add_channel_bias_
 from vsrq.kernels.conv3d import PreparedConv
 from vsrq.kernels.group_norm import group_norm_act
 from vsrq.kernels._triton import can_run_triton
-from vsrq.models.seedvr2.vae_fp8 import PackedConvs, fp8_causal_conv, fp8_causal_conv_scaled, kernel_causal_conv
+from vsrq.models.seedvr2.vae_fp8 import (
+    PackedConvs,
+    fp8_causal_conv,
+    fp8_causal_conv_scaled,
+    keep_tail,
+    kernel_causal_conv,
+)
 
 __all__ = ["SeedVR2VAEConfig", "SeedVR2VAE", "CONV_FORMATS"]
 
@@ -187,11 +193,8 @@ def run_conv(conv: nn.Module, stream: _Stream, buf: Tensor, residual: Tensor | N
             buf[:, :, :n_head] = cached
         else:
             buf[:, :, :n_head] = buf[:, :, n_head : n_head + 1]
-        keep = kt - st
-        if keep > 0:
-            if keep > buf.shape[2]:
-                raise ValueError("causal chunk too short for the conv's temporal cache")
-            stream.tails[conv] = buf[:, :, buf.shape[2] - keep :].clone()  # the buffer can be freed
+        if kt - st > 0:
+            stream.tails[conv] = keep_tail(None, buf, kt - st)  # a copy: the buffer can be freed
 
     h = buf.shape[3]
     kh, sh, ph = conv.kernel_size[1], conv.stride[1], conv.padding[1]

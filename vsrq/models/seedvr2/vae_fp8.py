@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from vsrq.kernels.conv3d import FP8_MAX, PreparedConv, causal_conv3d, prepare_conv_weight, triton_supported
 
-__all__ = ["PackedConvs", "fp8_causal_conv", "fp8_causal_conv_scaled", "kernel_causal_conv"]
+__all__ = ["PackedConvs", "fp8_causal_conv", "fp8_causal_conv_scaled", "kernel_causal_conv", "keep_tail"]
 
 
 class PackedConvs:
@@ -72,6 +72,18 @@ def _version(t: Tensor) -> int:
         return -1
 
 
+def keep_tail(prefix: Tensor | None, x: Tensor, keep: int) -> Tensor:
+    """A copy of the last `keep` frames of cat(prefix, x) along time, built without the cat: what a
+    causal conv carries to its next chunk (both conv paths of the VAE keep their caches with it)."""
+    n_prefix = 0 if prefix is None else prefix.shape[2]
+    if keep > n_prefix + x.shape[2]:
+        raise ValueError("causal chunk too short for the conv's temporal cache")
+    if keep <= x.shape[2]:
+        return x[:, :, x.shape[2] - keep :].clone()
+    assert prefix is not None
+    return torch.cat([prefix[:, :, n_prefix - (keep - x.shape[2]) :], x], dim=2)
+
+
 def _head_and_tail(conv: nn.Module, x: Tensor, cache: dict[nn.Module, Tensor]) -> tuple[Tensor | None, bool]:
     """The head frames for this chunk (None + replicate at the clip start) and the cache updated
     with the last ``kt - st`` frames of the head-prefixed input."""
@@ -79,16 +91,9 @@ def _head_and_tail(conv: nn.Module, x: Tensor, cache: dict[nn.Module, Tensor]) -
     if kt == 1:
         return None, False
     head = cache.get(conv)
-    keep = kt - st
-    if keep > 0:
+    if kt - st > 0:
         prefix = head if head is not None else x[:, :, :1].expand(-1, -1, kt - 1, -1, -1)
-        if keep > prefix.shape[2] + x.shape[2]:
-            raise ValueError("causal chunk too short for the conv's temporal cache")
-        if keep <= x.shape[2]:
-            tail = x[:, :, x.shape[2] - keep :]
-        else:
-            tail = torch.cat([prefix[:, :, prefix.shape[2] - (keep - x.shape[2]) :], x], dim=2)
-        cache[conv] = tail.clone(memory_format=torch.channels_last_3d)
+        cache[conv] = keep_tail(prefix, x, kt - st)
     return head, head is None
 
 
