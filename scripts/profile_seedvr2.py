@@ -1,8 +1,8 @@
 """Where SeedVR2's time and GPU memory go, at real shapes with random weights (H100 run, docs/PERF.md).
 
 VAE: peak memory of each top-level part of the encoder and decoder, time and peak of encode/decode
-at 1080p for conv band limits and VAE tiles; DiT: the top CUDA ops (torch.profiler) of one bf16
-and one W4A4 forward at 1080p. Usage: python scripts/profile_seedvr2.py [--size 1920x1080] [--frames 21]
+at 1080p for conv band limits and VAE tiles (its kernel-time split: scripts/profile_vae.py); DiT: the
+top CUDA ops (torch.profiler) of one bf16 and one W4A4 forward at 1080p. Usage: python scripts/profile_seedvr2.py [--size 1920x1080] [--frames 21]
 """
 
 from __future__ import annotations
@@ -64,7 +64,6 @@ def main() -> None:
     ap.add_argument("--skip-vae", action="store_true")
     ap.add_argument("--compile", action="store_true", help="also time the DiT with each block torch.compile'd")
     ap.add_argument("--variants", default="bf16,w4a4")
-    ap.add_argument("--vae-ops", action="store_true", help="only: top CUDA ops of VAE encode/decode, and channels-last 3D convs")
     args = ap.parse_args()
     w, h = parse_size(args.size)
     dev, dtype = torch.device("cuda"), torch.bfloat16
@@ -74,8 +73,6 @@ def main() -> None:
     latent = r.encode(video)
     print(f"video {tuple(video.shape)} latent {tuple(latent.shape)}")
 
-    if args.vae_ops:
-        return vae_ops(r, video, latent, dev)
     if args.skip_vae:
         return dit_profile(r, latent, dev, args.compile, args.variants.split(','))
     print("== VAE parts (default settings): peak GiB above the part's start")
@@ -92,7 +89,7 @@ def main() -> None:
             te = median_ms(lambda: r.encode(video), dev, warmup=1, repeat=2)
             td = median_ms(lambda: r.decode(latent), dev, warmup=1, repeat=2)
             print(f"  band {band:5.3f} GiB tile {tile:4d}: encode {te:7.0f} ms {pe:6.2f} GiB | decode {td:7.0f} ms {pd:6.2f} GiB")
-    r.vae.conv_max_bytes = 0.5 * GIB
+    r.vae.conv_max_bytes = None  # the default (no row bands)
     r.settings = replace(r.settings, vae_tile=0)
     torch.backends.cudnn.benchmark = True
     te = median_ms(lambda: r.encode(video), dev, warmup=1, repeat=2)
@@ -102,23 +99,6 @@ def main() -> None:
 
     if not args.skip_dit:
         dit_profile(r, latent, dev, args.compile, args.variants.split(','))
-
-
-def vae_ops(r, video, latent, dev) -> None:
-    from torch.profiler import ProfilerActivity, profile
-
-    for name, fn in (("encode", lambda: r.encode(video)), ("decode", lambda: r.decode(latent))):
-        fn()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            fn()
-            torch.cuda.synchronize()
-        print(f"== VAE {name}: top CUDA ops")
-        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=10, max_name_column_width=60))
-    eager = (median_ms(lambda: r.encode(video), dev, warmup=1, repeat=2), median_ms(lambda: r.decode(latent), dev, warmup=1, repeat=2))
-    r.vae.to(memory_format=torch.channels_last_3d)
-    cl = (median_ms(lambda: r.encode(video), dev, warmup=1, repeat=2), median_ms(lambda: r.decode(latent), dev, warmup=1, repeat=2))
-    print(f"== VAE encode/decode ms: NCDHW weights {eager[0]:.0f}/{eager[1]:.0f}, channels_last_3d weights {cl[0]:.0f}/{cl[1]:.0f}")
 
 
 def dit_profile(r, latent, dev, compile_blocks: bool, variants: list[str]) -> None:
