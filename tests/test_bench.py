@@ -24,6 +24,14 @@ def test_bench_refuses_bad_precisions():
     assert result.exit_code == 2 and "--precisions" in result.stderr
 
 
+def test_bench_fp8_vae_variants_need_an_fp8_gpu():
+    result = CliRunner().invoke(app, ["bench", "--model", "seedvr2-3b", "--random-weights", "--device", "cpu",
+                                      "--precisions", "fp,w4a4+fp8vae"])
+    assert result.exit_code == 2 and "need a CUDA GPU with fp8 tensor cores" in result.stderr
+    result = CliRunner().invoke(app, ["bench", "--model", "seedvr2-3b", "--random-weights", "--precisions", "fp,w4a4+fp4vae"])
+    assert result.exit_code == 2 and "optionally +fp8vae" in result.stderr
+
+
 def test_bench_sizes_are_checked_before_anything_is_built():
     from vsrq.bench import parse_size
 

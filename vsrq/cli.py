@@ -483,6 +483,8 @@ def bench(
         plist = [p.strip() for p in precisions.split(",") if p.strip()]
         if not plist or any(p.removesuffix("+fp8vae") not in PRECISIONS for p in plist):
             fail(f"--precisions must use {', '.join(PRECISIONS)} (each optionally +fp8vae); got {precisions!r}", 2)
+        if any(p.endswith("+fp8vae") for p in plist) and not _fp8_gpu(device):
+            fail("+fp8vae variants need a CUDA GPU with fp8 tensor cores (Ada, Hopper or newer)", 2)
         _check_vae_tile(vae_tile)
         try:
             [parse_size(s.strip()) for s in sizes.split(",") if s.strip()]
