@@ -29,6 +29,7 @@ KINDS = (
     ("attention", ("flash", "fmha", "attention", "softmax")),
     ("conv", ("conv", "xmma", "implicit", "cudnn", "sm90", "sm80", "gemm", "cutlass", "wgrad", "dgrad", "fprop")),
     ("groupnorm", ("_gn_", "reduce_kernel", "welford", "moments", "var_mean")),
+    ("bias/residual", ("_bias_kernel",)),
     ("add", ("functor_add",)),
     ("copy/cat", ("copy", "cat", "elementwise_kernel_with_index", "unrolled_elementwise", "fill")),
 )
