@@ -3,7 +3,7 @@
 Times encode (21 frames) and decode (6 latents) of the released s8 c16 t4 VAE in bf16, sums the
 CUDA kernels of one call by kind (convolutions, GroupNorm, copies, other) from torch.profiler, and
 repeats with `--variants`: `cl` = channels-last activations (the default on CUDA), `cf` = channel-first
-(the layout before 2026-11-24's change), `bench` = cl with cudnn.benchmark on, `fp8` = cl with conv_format "fp8" (vae_fp8.py's convs in e4m3),
+(the layout before 2026-11-24's change), `bench` = cl with cudnn.benchmark on, `fp8` = cl with conv_format "fp8" (vae_convs.py's convs in e4m3),
 `-band` suffix = row bands at the official 0.5 GiB. Before timing: bf16 (cf, cl) and fp8 encodes and
 decodes against fp32 ones of the same weights at 480x272. The first variant's
 decode is the reference the others' relative error is printed against. Usage: python scripts/profile_vae.py [--size 1920x1080] [--frames 21]

@@ -209,7 +209,7 @@ def test_fp8_resnet_streams_exactly():
     """Scale-1 e4m3 inputs (GroupNorm-fed convs) quantize per element and the cached head frames are
     e4m3 too, so a block streamed in any chunks gives the numbers of one pass, bit for bit."""
     from vsrq.models.seedvr2.vae import ResnetBlock, _Stream
-    from vsrq.models.seedvr2.vae_fp8 import PackedConvs
+    from vsrq.models.seedvr2.vae_convs import PackedConvs
 
     torch.manual_seed(0)
     blk = ResnetBlock(32, 48, 8, 1e-6).eval()

@@ -26,7 +26,7 @@ Facts this file relies on (settled by reading and running the official code):
 Memory: `decode` runs one latent frame at a time (4 output frames) and holds only the per-conv
 caches (2 frames per 3x3x3 conv) between chunks. On the GPU activations are channels-last and each
 causal conv's input is assembled in place after its cached head frames (`conv_input`), or read in
-place by the implicit-GEMM kernel (`vae_fp8.py`). Optionally (``conv_max_bytes``, off by default) the
+place by the implicit-GEMM kernel (`vae_convs.py`). Optionally (``conv_max_bytes``, off by default) the
 cuDNN-path convs with a temporal kernel and the upsamplers' pointwise convs run over row bands (exact).
 """
 
@@ -44,7 +44,7 @@ from vsrq.kernels.channel_bias import add_channel_bias_
 from vsrq.kernels.conv3d import PreparedConv
 from vsrq.kernels.group_norm import group_norm_act
 from vsrq.kernels._triton import can_run_triton
-from vsrq.models.seedvr2.vae_fp8 import (
+from vsrq.models.seedvr2.vae_convs import (
     PackedConvs,
     fp8_causal_conv,
     fp8_causal_conv_scaled,
@@ -326,7 +326,7 @@ class Downsample(nn.Module):
 
     def forward(self, x: Tensor, stream: _Stream) -> Tensor:
         pc = stream.kernel_conv(self.conv, x)
-        if pc is not None:  # reads the pad and the head frames in place (vae_fp8.py says why)
+        if pc is not None:  # reads the pad and the head frames in place (vae_convs.py says why)
             return kernel_causal_conv(self.conv, pc, x, stream.tails, pad_end=1)
         return causal_conv(self.conv, x, stream, pad_end=1)
 
@@ -479,13 +479,13 @@ class SeedVR2VAE(nn.Module):
         self.conv_max_bytes: float | None = None
         # Activations channels-last (cuDNN's native layout): None = on CUDA only.
         self.channels_last: bool | None = None
-        # "bf16" (the model's dtype, cuDNN) or "fp8": the convs of vae_fp8.py's list in e4m3.
+        # "bf16" (the model's dtype, cuDNN) or "fp8": the convs of vae_convs.py's list in e4m3.
         self.conv_format = "bf16"
         self._fp8: PackedConvs | None = None
         self._kernel_bf16: PackedConvs | None = None
 
     def fp8_convs(self) -> list[nn.Conv3d]:
-        """The convs that run in e4m3 when conv_format is "fp8" (vae_fp8.py says why these)."""
+        """The convs that run in e4m3 when conv_format is "fp8" (vae_convs.py says why these)."""
         convs: list[nn.Conv3d] = []
         for mod in self.modules():
             if isinstance(mod, ResnetBlock):
