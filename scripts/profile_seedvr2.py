@@ -2,16 +2,24 @@
 
 VAE: peak memory of each top-level part of the encoder and decoder, time and peak of encode/decode
 at 1080p for conv band limits and VAE tiles (its kernel-time split: scripts/profile_vae.py); DiT: the
-top CUDA ops (torch.profiler) of one bf16 and one W4A4 forward at 1080p. Usage: python scripts/profile_seedvr2.py [--size 1920x1080] [--frames 21]
+time of bf16 and W4A4 forwards, eager and (``--compile``) with compiled blocks, and their CUDA kernel
+time by kind (torch.profiler). Usage: python scripts/profile_seedvr2.py [--size 1920x1080] [--frames 21];
+``--skip-vae --size 1280x720,1920x1080`` profiles only the DiT, on random latents of each size (log and
+JSON to $OUT or --out).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import os
+import sys
 from dataclasses import replace
 
 import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _gpu_run import RunLog, profile_kinds  # noqa: E402
 
 from vsrq.bench import median_ms, parse_size
 from vsrq.bench_seedvr2 import quantize_dit_rtn, random_restorer
@@ -64,17 +72,26 @@ def main() -> None:
     ap.add_argument("--skip-vae", action="store_true")
     ap.add_argument("--compile", action="store_true", help="also time the DiT with each block torch.compile'd")
     ap.add_argument("--variants", default="bf16,w4a4")
+    ap.add_argument("--out", default=os.environ.get("OUT", "runs/profile-seedvr2"))
     args = ap.parse_args()
-    w, h = parse_size(args.size)
     dev, dtype = torch.device("cuda"), torch.bfloat16
     with torch.inference_mode(False):  # normal tensors: the W4A4 swap reads them outside inference mode
         r = random_restorer("3b", dev, dtype, SeedVR2Settings(scale=2.0))
+    if args.skip_vae:  # the DiT alone: random latents of the shape each size encodes to
+        log = RunLog("profile-seedvr2-dit")
+        log.header(f"SeedVR2-3B DiT, random weights, {args.frames} frames, sizes {args.size}")
+        latents = {}
+        for size in args.size.split(","):
+            w, h = parse_size(size)
+            t = (args.frames - 1) // 4 + 1 if args.frames % 4 == 1 else args.frames // 4 + 1
+            latents[size] = torch.randn(1, t, (h + (-h) % 16) // 8, (w + (-w) % 16) // 8, 16, device=dev, dtype=dtype)
+        dit_profile(r, latents, dev, args.compile, args.variants.split(","), log)
+        log.write(args.out)
+        return
+    w, h = parse_size(args.size)
     video = pad_frames_4n1(torch.rand(1, 3, args.frames, h + (-h) % 16, w + (-w) % 16, device=dev, dtype=dtype) * 2 - 1)
     latent = r.encode(video)
     print(f"video {tuple(video.shape)} latent {tuple(latent.shape)}")
-
-    if args.skip_vae:
-        return dit_profile(r, latent, dev, args.compile, args.variants.split(','))
     print("== VAE parts (default settings): peak GiB above the part's start")
     for name, gib in part_peaks(r.vae, lambda: (r.encode(video), r.decode(latent))):
         print(f"  {name:<28}{gib:8.2f}")
@@ -98,38 +115,50 @@ def main() -> None:
     torch.backends.cudnn.benchmark = False
 
     if not args.skip_dit:
-        dit_profile(r, latent, dev, args.compile, args.variants.split(','))
+        log = RunLog("profile-seedvr2-dit")
+        dit_profile(r, {args.size: latent}, dev, args.compile, args.variants.split(","), log)
+        log.write(args.out)
 
 
-def dit_profile(r, latent, dev, compile_blocks: bool, variants: list[str]) -> None:
-    from torch.profiler import ProfilerActivity, profile
+DIT_KINDS = (
+    ("int GEMM (ours)", ("_qgemm",)),
+    ("act-quant", ("_tile_kernel", "_act_quant_kernel")),
+    ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn")),
+    ("bf16 GEMM", ("gemm", "nvjet", "xmma", "cutlass", "sm90_")),
+    ("inductor fused", ("triton_",)),
+    ("copy/cat", ("copy", "cat", "elementwise", "fill")),
+)
 
+
+def dit_profile(r, latents: dict, dev, compile_blocks_: bool, variants: list[str], log: RunLog) -> None:
+    """Per variant and latent: eager DiT time and its kernel time by kind; with ``compile_blocks_``
+    the same with each block torch.compile'd (what `vsrq bench --compile` and `upscale --compile` run).
+    "w4a4" swaps the DiT's linears in place: list it after "bf16"."""
+    import time
+
+    from vsrq.pipeline.seedvr2 import compile_blocks, uncompile_blocks
+
+    torch._dynamo.config.cache_size_limit = 64
     for variant in variants:
         if variant == "w4a4":
             quantize_dit_rtn(r, 4, 4)
             gc.collect()
             torch.cuda.empty_cache()
-        r.denoise(latent)
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            r.denoise(latent)
-            torch.cuda.synchronize()
-        print(f"== DiT {variant}: {median_ms(lambda: r.denoise(latent), dev, warmup=1, repeat=3):.0f} ms; top CUDA ops")
-        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=14, max_name_column_width=60))
-        if compile_blocks:
-            import time
-
-            torch._dynamo.config.cache_size_limit = 64
-            eager = [b.forward for b in r.dit.blocks]
-            for b in r.dit.blocks:
-                b.forward = torch.compile(b.forward, dynamic=False)
-            t0 = time.perf_counter()
-            r.denoise(latent)
-            torch.cuda.synchronize()
-            print(f"== DiT {variant} compiled blocks: first call {time.perf_counter() - t0:.0f} s, then "
-                  f"{median_ms(lambda: r.denoise(latent), dev, warmup=1, repeat=3):.0f} ms")
-            for b, f in zip(r.dit.blocks, eager):
-                b.forward = f
+        for size, latent in latents.items():
+            for mode in ("eager", "compiled") if compile_blocks_ else ("eager",):
+                what = f"DiT {variant} {size} {mode} (latent {tuple(latent.shape)})"
+                if mode == "compiled":
+                    compile_blocks(r.dit)
+                    t0 = time.perf_counter()
+                    r.denoise(latent)
+                    torch.cuda.synchronize()
+                    log(f"== {what}: first call {time.perf_counter() - t0:.0f} s")
+                times = [median_ms(lambda: r.denoise(latent), dev, warmup=1, repeat=5) for _ in range(2)]
+                log(f"== {what}: {times[0]:.0f} / {times[1]:.0f} ms (two medians of 5)")
+                log.rows.append(dict(variant=variant, size=size, mode=mode, ms=times,
+                                     kinds=profile_kinds(lambda: r.denoise(latent), log, what, DIT_KINDS, top=14)))
+                if mode == "compiled":
+                    uncompile_blocks(r.dit)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections import defaultdict
 
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _gpu_run import RunLog  # noqa: E402
+from _gpu_run import RunLog, profile_kinds  # noqa: E402
 
 from vsrq.bench import median_ms, parse_size  # noqa: E402
 from vsrq.models.seedvr2.vae import SeedVR2VAE, SeedVR2VAEConfig  # noqa: E402
@@ -33,37 +32,6 @@ KINDS = (
     ("add", ("functor_add",)),
     ("copy/cat", ("copy", "cat", "elementwise_kernel_with_index", "unrolled_elementwise", "fill")),
 )
-
-
-def kind_of(name: str) -> str:
-    low = name.lower()
-    for kind, keys in KINDS:
-        if any(k in low for k in keys):
-            return kind
-    return "other"
-
-
-def profile_kinds(fn, log: RunLog, what: str) -> None:
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    by_kind: dict[str, float] = defaultdict(float)
-    rows = []
-    for ev in prof.key_averages():
-        us = ev.self_device_time_total if hasattr(ev, "self_device_time_total") else ev.self_cuda_time_total
-        if us <= 0:
-            continue
-        by_kind[kind_of(ev.key)] += us
-        rows.append((us, ev.count, ev.key))
-    total = sum(by_kind.values())
-    log(f"== {what}: kernel time {total / 1e3:.0f} ms; " + ", ".join(
-        f"{k} {v / 1e3:.0f} ms ({100 * v / total:.0f} %)" for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])))
-    for us, n, key in sorted(rows, reverse=True)[:12]:
-        log(f"   {us / 1e3:8.1f} ms {n:6d}x  [{kind_of(key)}] {key[:110]}")
 
 
 def accuracy(vae: SeedVR2VAE, log: RunLog) -> None:
@@ -128,8 +96,8 @@ def main() -> None:
         log.rows.append(dict(variant=variant, encode_ms=te, decode_ms=td, decode_peak_gib=peak))
         if args.no_profile:
             continue
-        profile_kinds(enc, log, f"[{variant}] encode")
-        profile_kinds(dec, log, f"[{variant}] decode")
+        profile_kinds(enc, log, f"[{variant}] encode", KINDS)
+        profile_kinds(dec, log, f"[{variant}] decode", KINDS)
     log.write(args.out)
 
 

@@ -19,8 +19,12 @@ from vsrq.models.seedvr2.dit import (
     SeedVR2DiT,
     SeedVR2DiTConfig,
     axis_windows,
+    make_windows,
+    pad_grid,
     rope_inv_freqs,
+    to_windows,
     window_sizes,
+    window_tokens,
 )
 from vsrq.models.seedvr2.dit_keys import (
     check_dit_state,
@@ -133,6 +137,23 @@ def test_window_cut_matches_official_rule(shifted):
 def test_window_sizes_720p():
     assert window_sizes((21, 45, 80), (4, 3, 3)) == (6, 15, 27)  # 720p: 3 x 3 spatial windows
     assert window_sizes((5, 21, 23), (4, 3, 3)) == (2, 19, 21)  # the parity grid: partial windows
+
+
+@pytest.mark.parametrize("method", [WIN_REGULAR, WIN_SHIFTED])
+@pytest.mark.parametrize("grid", [(2, 9, 14), (5, 21, 23)])
+def test_window_tokens_is_windows_then_text_per_window(grid, method):
+    """The one-buffer assembly equals the plain composition: pad, cut into windows, then append
+    every window's copy of the text (a wrong permutation or text slot changes values here)."""
+    axes = make_windows(grid, (4, 3, 3), method)
+    nwin = math.prod(a.count for a in axes)
+    b, heads, d, n_txt = 2, 3, 8, 5
+    g = torch.Generator().manual_seed(0)
+    vid = torch.randn(b, math.prod(grid), heads, d, generator=g)
+    txt = torch.randn(b, n_txt, heads, d, generator=g)
+    windows = to_windows(pad_grid(vid.reshape(b, *grid, heads, d), axes), axes)
+    text = txt.transpose(1, 2)[:, None].expand(b, nwin, heads, n_txt, d).reshape(b * nwin, heads, n_txt, d)
+    assert torch.equal(window_tokens(vid, txt, grid, axes), torch.cat([windows, text], dim=2))
+    assert torch.equal(window_tokens(vid, None, grid, axes), windows)
 
 
 # ----------------------------------------------------------------------- key map
