@@ -18,10 +18,13 @@ from vsrq.models.seedvr2.dit import (
     WIN_SHIFTED,
     SeedVR2DiT,
     SeedVR2DiTConfig,
+    apply_rope,
     axis_windows,
     make_windows,
     pad_grid,
+    rms_norm,
     rope_inv_freqs,
+    rope_real,
     to_windows,
     window_sizes,
     window_tokens,
@@ -154,6 +157,33 @@ def test_window_tokens_is_windows_then_text_per_window(grid, method):
     text = txt.transpose(1, 2)[:, None].expand(b, nwin, heads, n_txt, d).reshape(b * nwin, heads, n_txt, d)
     assert torch.equal(window_tokens(vid, txt, grid, axes), torch.cat([windows, text], dim=2))
     assert torch.equal(window_tokens(vid, None, grid, axes), windows)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_spellings_agree_and_leave_the_input_alone(dtype):
+    """The eager (complex, in place on a copy) and compiled (real) RoPE are one rotation."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 30, 3, 16, generator=g).to(dtype)
+    ang = torch.randn(30, 6, generator=g)  # 12 of 16 channels rotated, 4 pass through
+    before = x.clone()
+    got = apply_rope(x, ang.cos(), ang.sin())
+    assert torch.equal(x, before)
+    torch.testing.assert_close(got, rope_real(x, ang.cos(), ang.sin()), rtol=1e-6, atol=1e-6)
+    assert torch.equal(got[..., 12:], x[..., 12:])
+    x0, x1 = x[..., 0].float(), x[..., 1].float()
+    c, s = ang.cos()[:, 0, None], ang.sin()[:, 0, None]
+    torch.testing.assert_close(got[..., 0].float(), (x0 * c - x1 * s).to(dtype).float(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_is_the_fp32_formula(dtype):
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(7, 64, generator=g) * 3).to(dtype)
+    w = torch.rand(64, generator=g).to(dtype)
+    xf = x.float()
+    want = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)
+    torch.testing.assert_close(rms_norm(x, 1e-6), want.to(dtype), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(rms_norm(x, 1e-6, w), (want * w.float()).to(dtype), rtol=1e-6, atol=1e-6)
 
 
 # ----------------------------------------------------------------------- key map
