@@ -160,9 +160,11 @@ class SeedVR2DiTConfig:
 def rms_norm(x: Tensor, eps: float, weight: Tensor | None = None) -> Tensor:
     """RMSNorm computed in fp32 (as apex FusedRMSNorm does), returned in x's dtype.
 
-    Through torch's own rms_norm on fp32 operands (one fused kernel on CUDA; the same
-    x * rsqrt(mean(x^2) + eps) * w as the written-out formula, which took ~6 passes over the
-    activation per norm in the eager DiT: docs/PERF.md, eleventh session)."""
+    Through torch's own rms_norm (one fused kernel on CUDA; the same x * rsqrt(mean(x^2) + eps) * w
+    as the written-out formula, which took ~6 passes over the activation per norm in the eager DiT:
+    docs/PERF.md, eleventh session)."""
+    if x.is_cuda:  # the CUDA kernel accumulates and scales 16-bit inputs in fp32 itself: no casts
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
     w = None if weight is None else weight.float()
     return F.rms_norm(x.float(), (x.shape[-1],), w, eps).to(x.dtype)
 
@@ -611,24 +613,25 @@ class Block(nn.Module):
         then returned unchanged."""
         eps = self.cfg.norm_eps
         v_sh, v_sc, v_g = self._mod("vid", emb, 0)
-        v_in = rms_norm(vid, eps) * v_sc + v_sh
+        # x * scale + shift and residual + y * gate as one addcmul each (one pass instead of two)
+        v_in = torch.addcmul(v_sh, rms_norm(vid, eps), v_sc)
         t_in = rms_norm(txt, eps)
         want_txt = want_txt and not self.vid_only
         if not self.vid_only:
             t_sh, t_sc, t_g = self._mod("txt", emb, 0)
-            t_in = t_in * t_sc + t_sh
+            t_in = torch.addcmul(t_sh, t_in, t_sc)
         # (3B last block: the text still feeds the attention, normed but not modulated.)
         v_att, t_att = self.attn(v_in, t_in, grid, geo, want_txt)
-        vid = vid + v_att * v_g
+        vid = torch.addcmul(vid, v_att, v_g)
 
         v_sh, v_sc, v_g = self._mod("vid", emb, 1)
-        vid = vid + self.mlp.pick("vid")(rms_norm(vid, eps) * v_sc + v_sh) * v_g
+        vid = torch.addcmul(vid, self.mlp.pick("vid")(torch.addcmul(v_sh, rms_norm(vid, eps), v_sc)), v_g)
         if not want_txt:
             return vid, txt
         assert t_att is not None
-        txt = txt + t_att * t_g
+        txt = torch.addcmul(txt, t_att, t_g)
         t_sh, t_sc, t_g = self._mod("txt", emb, 1)
-        txt = txt + self.mlp.pick("txt")(rms_norm(txt, eps) * t_sc + t_sh) * t_g
+        txt = torch.addcmul(txt, self.mlp.pick("txt")(torch.addcmul(t_sh, rms_norm(txt, eps), t_sc)), t_g)
         return vid, txt
 
 
