@@ -1,6 +1,6 @@
 """How SeedVR2's window attention should assemble its windowed q/k/v (+ text) on the GPU (H100 run).
 
-Why: the compiled 3B DiT at 1080p spent 113-122 ms of ~650 ms kernel time in 95 `torch.cat` calls
+Why: the compiled 3B DiT at 1080p spent 113-122 ms of 551-655 ms kernel time in 95 `torch.cat` calls
 (aten's CatArrayBatchedCopy, ~1.2 ms each: docs/perf_logs/profile-seedvr2-dit-720p-1080p-2026-11-24-h100.log),
 each joining a window-ordered copy of q/k/v with the text tokens repeated per window. This times ways
 of building the same (B*nwin, heads, S + L, d) tensor at the real 720p/1080p shapes, eager and
@@ -89,7 +89,7 @@ def main() -> None:
                     same = torch.equal(out, ref)
                     ms = kernel_ms(lambda: f(v, t))
                     log(f"{label} {method:<8} {mode:<8} {name:<10} {ms:7.3f} ms  ({mb:.0f} MiB out, "
-                        f"{2 * mb / 1024 / ms:.2f} TB/s r+w)  equal={same}")
+                        f"{2 * mb * 2**20 / 1e9 / ms:.2f} TB/s counting the output's bytes twice)  equal={same}")
                     log.rows.append(dict(size=label, method=method, mode=mode, variant=name, ms=ms, equal=same))
     log.write(args.out)
 

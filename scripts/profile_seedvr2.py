@@ -83,7 +83,7 @@ def main() -> None:
         latents = {}
         for size in args.size.split(","):
             w, h = parse_size(size)
-            t = (args.frames - 1) // 4 + 1 if args.frames % 4 == 1 else args.frames // 4 + 1
+            t = (args.frames + 2) // 4 + 1  # the latent frames of pad_frames_4n1(frames)
             latents[size] = torch.randn(1, t, (h + (-h) % 16) // 8, (w + (-w) % 16) // 8, 16, device=dev, dtype=dtype)
         dit_profile(r, latents, dev, args.compile, args.variants.split(","), log)
         log.write(args.out)
@@ -126,7 +126,7 @@ DIT_KINDS = (
     ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn")),
     ("bf16 GEMM", ("gemm", "nvjet", "xmma", "cutlass", "sm90_")),
     ("inductor fused", ("triton_",)),
-    ("copy/cat", ("copy", "cat", "elementwise", "fill")),
+    ("copy/elementwise", ("copy", "cat", "elementwise", "fill")),
 )
 
 

@@ -157,13 +157,19 @@ class SeedVR2DiTConfig:
 # --------------------------------------------------------------------------------------------
 
 
+# torch >= 2.8 runs F.rms_norm on CUDA as one fused kernel computing in fp32 (older versions chain ops that
+# round to x's dtype before the weight product): only then is the 16-bit input passed in directly.
+_FUSED_CUDA_RMS_NORM = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 8)
+
+
 def rms_norm(x: Tensor, eps: float, weight: Tensor | None = None) -> Tensor:
     """RMSNorm computed in fp32 (as apex FusedRMSNorm does), returned in x's dtype.
 
     Through torch's own rms_norm (one fused kernel on CUDA; the same x * rsqrt(mean(x^2) + eps) * w
     as the written-out formula, which took ~6 passes over the activation per norm in the eager DiT:
     docs/PERF.md, eleventh session)."""
-    if x.is_cuda:  # the CUDA kernel accumulates and scales 16-bit inputs in fp32 itself: no casts
+    if x.is_cuda and _FUSED_CUDA_RMS_NORM and (weight is None or weight.dtype == x.dtype):
+        # torch's fused CUDA kernel accumulates and scales 16-bit inputs in fp32 itself: no casts
         return F.rms_norm(x, (x.shape[-1],), weight, eps)
     w = None if weight is None else weight.float()
     return F.rms_norm(x.float(), (x.shape[-1],), w, eps).to(x.dtype)
@@ -475,11 +481,13 @@ def window_tokens(x: Tensor, txt: Tensor | None, grid: Grid, axes: tuple[AxisWin
 
     Written into one buffer (the window-ordered view of its first S rows takes the permuted grid in
     one strided copy; the text goes into the last L rows), not `torch.cat` of a windowed copy and an
-    expanded text view: that cat took ~1.2 ms per call at 1080p on an H100, 17 % of the compiled
-    DiT (docs/PERF.md)."""
+    expanded text view: that cat took ~1.2 ms per call at 1080p on an H100, ~19 % of the compiled
+    DiT's kernel time (docs/PERF.md)."""
     at, ah, aw = axes
     b, _, nh, d = x.shape
     nwin, s = at.count * ah.count * aw.count, at.size * ah.size * aw.size
+    if txt is not None and txt.dtype != x.dtype:
+        raise TypeError(f"window_tokens: text {txt.dtype} and video {x.dtype} tokens must share a dtype")
     n_txt = 0 if txt is None else txt.shape[1]
     out = x.new_empty(b * nwin, nh, s + n_txt, d)
     grid_x = pad_grid(x.reshape(b, *grid, nh, d), axes)
