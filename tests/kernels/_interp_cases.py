@@ -715,6 +715,10 @@ from _interp_vae import CASES as _VAE_CASES  # noqa: E402
 
 CASES.update(_VAE_CASES)
 
+from _interp_dit import CASES as _DIT_CASES  # noqa: E402
+
+CASES.update(_DIT_CASES)
+
 
 # ----------------------------------------------------------------------------- runner
 

@@ -263,3 +263,18 @@ def test_config_dict_roundtrip():
         assert SeedVR2DiTConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert SeedVR2DiTConfig.preset("3b").window_method(1) == WIN_SHIFTED
     assert SeedVR2DiTConfig.preset("7b").window_method(34) == WIN_REGULAR
+
+
+def test_head_norm_rope_refuses_what_it_cannot_run():
+    """Off the GPU (no interpreter) the kernel refuses, and the model's norm_rope takes the torch ops."""
+    from vsrq.kernels.head_norm_rope import head_norm_rope, head_norm_rope_supported
+    from vsrq.models.seedvr2.dit import RMSNorm, norm_rope
+
+    q = torch.randn(1, 6, 2, 16).bfloat16()
+    ang = torch.randn(6, 4)
+    if head_norm_rope_supported(q, torch.ones(16, dtype=torch.bfloat16), ang.cos()):
+        pytest.skip("Triton can run here (GPU or interpreter): covered by the interpreter case")
+    with pytest.raises(ValueError):
+        head_norm_rope(q, torch.ones(16, dtype=torch.bfloat16), 1e-6, ang.cos(), ang.sin())
+    norm = RMSNorm(16, 1e-6).bfloat16()
+    assert torch.equal(norm_rope(q, norm, ang.cos(), ang.sin()), apply_rope(norm(q), ang.cos(), ang.sin()))

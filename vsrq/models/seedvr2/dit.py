@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vsrq.kernels.head_norm_rope import head_norm_rope, head_norm_rope_supported
+
 WIN_REGULAR = "720pwin_by_size_bysize"
 WIN_SHIFTED = "720pswin_by_size_bysize"
 Grid = tuple[int, int, int]  # (T, h, w) token grid after patching
@@ -529,6 +531,17 @@ def crop_grid(x: Tensor, axes: tuple[AxisWindows, ...]) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 
+def norm_rope(x: Tensor, norm: RMSNorm, cos: Tensor | None, sin: Tensor | None) -> Tensor:
+    """`apply_rope(norm(x), cos, sin)` of the heads of q or k (cos None: the norm only). Eagerly on a GPU one
+    Triton pass over the strided view (`vsrq.kernels.head_norm_rope`: ~10 ms per 1080p block on an H100
+    otherwise); under torch.compile, which fuses these ops itself, and on the CPU the ops."""
+    if cos is not None and sin is not None and not torch.compiler.is_compiling():
+        if head_norm_rope_supported(x, norm.weight, cos):
+            return head_norm_rope(x, norm.weight, norm.eps, cos, sin)
+    y = norm(x)
+    return y if cos is None or sin is None else apply_rope(y, cos, sin)
+
+
 class WindowAttention(nn.Module):
     """Joint video-window + text attention (official NaSwinAttention), dense and batched."""
 
@@ -541,10 +554,11 @@ class WindowAttention(nn.Module):
         self.norm_q = StreamPair(lambda: RMSNorm(cfg.head_dim, cfg.norm_eps), shared)
         self.norm_k = StreamPair(lambda: RMSNorm(cfg.head_dim, cfg.norm_eps), shared)
 
-    def _qkv(self, x: Tensor, stream: str) -> tuple[Tensor, Tensor, Tensor]:
+    def _qkv(self, x: Tensor, stream: str, cos: Tensor | None, sin: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """q and k normalised per head and rotated (cos None: not rotated), and v; each (B, N, heads, d)."""
         qkv = self.proj_qkv.pick(stream)(x).unflatten(-1, (3, self.heads, self.head_dim))
         q, k, v = qkv.unbind(-3)
-        return self.norm_q.pick(stream)(q), self.norm_k.pick(stream)(k), v
+        return norm_rope(q, self.norm_q.pick(stream), cos, sin), norm_rope(k, self.norm_k.pick(stream), cos, sin), v
 
     def forward(
         self, vid: Tensor, txt: Tensor, grid: tuple[int, int, int], geo: LayerGeometry, want_txt: bool
@@ -552,12 +566,8 @@ class WindowAttention(nn.Module):
         """vid (B, N, dim), txt (B, L, dim) -> attention outputs after proj_out."""
         B, N, _ = vid.shape
         L = txt.shape[1]
-        vq, vk, vv = self._qkv(vid, "vid")  # (B, N, heads, d)
-        tq, tk, tv = self._qkv(txt, "txt")  # (B, L, heads, d)
-        if geo.vid_cos is not None:
-            vq, vk = apply_rope(vq, geo.vid_cos, geo.vid_sin), apply_rope(vk, geo.vid_cos, geo.vid_sin)
-        if geo.txt_cos is not None:
-            tq, tk = apply_rope(tq, geo.txt_cos, geo.txt_sin), apply_rope(tk, geo.txt_cos, geo.txt_sin)
+        vq, vk, vv = self._qkv(vid, "vid", geo.vid_cos, geo.vid_sin)  # (B, N, heads, d)
+        tq, tk, tv = self._qkv(txt, "txt", geo.txt_cos, geo.txt_sin)  # (B, L, heads, d)
 
         axes = geo.axes
         nwin = math.prod(a.count for a in axes)
