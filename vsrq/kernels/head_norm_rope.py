@@ -3,8 +3,8 @@
 Why: eagerly, SeedVR2's attention normalises each head of q and k (RMSNorm over the head dim, affine) and
 rotates the first channels (RoPE in fp32): torch runs a contiguous copy of the strided q/k view, the norm
 kernel, an fp32 copy, the complex rotation and a cast back — five passes, three of them in fp32: 2.0 ms for
-q or k of a 1080p chunk on an H100, 1.16 ms through this kernel (docs/PERF.md, eleventh session), which
-reads the view once and writes the rotated 16-bit result once. torch.compile fuses the same ops by itself, so the
+q or k of a 1080p chunk on an H100, 0.23-0.31 ms through this kernel (docs/PERF.md, eleventh session), which
+reads the view once (whole rows, coalesced) and writes the rotated 16-bit result once. torch.compile fuses the same ops by itself, so the
 model uses this kernel eagerly only.
 
 Numerics are the model's own, `rope(rms_norm(x, eps, weight), cos, sin)` of `vsrq.models.seedvr2.dit`

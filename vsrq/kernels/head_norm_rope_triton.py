@@ -9,7 +9,7 @@ import triton.language as tl
 from vsrq.kernels._jit import cast16
 from vsrq.kernels._triton import interpreting
 
-ROWS = 16  # (token, head) rows per program: 16 x 128 channels on 4 warps
+ROWS = 16  # (token, head) rows per program: 16 x 128 channels on 4 warps (untuned)
 
 
 @triton.jit
@@ -19,28 +19,24 @@ def _head_norm_rope_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr, n_rows, head
     rmask = rows < n_rows
     tok = rows // heads
     head = rows % heads
-    j = tl.arange(0, D // 2)  # channel pairs (2j, 2j + 1)
-    src = x_ptr + tok[:, None] * stride_tok + head[:, None] * D + 2 * j[None, :]
+    ch = tl.arange(0, D)
     m2 = rmask[:, None]
-    x0 = tl.load(src, mask=m2, other=0.0).to(tl.float32)
-    x1 = tl.load(src + 1, mask=m2, other=0.0).to(tl.float32)
-    rstd = 1.0 / tl.sqrt((tl.sum(x0 * x0, axis=1) + tl.sum(x1 * x1, axis=1)) / D + eps)
-    w0 = tl.load(w_ptr + 2 * j).to(tl.float32)
-    w1 = tl.load(w_ptr + 2 * j + 1).to(tl.float32)
+    # whole rows, coalesced; the channel pairs (2j, 2j + 1) come apart in registers
+    xt = tl.load(x_ptr + tok[:, None] * stride_tok + head[:, None] * D + ch[None, :], mask=m2, other=0.0)
+    xf = xt.to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=1) / D + eps)
+    w = tl.load(w_ptr + ch).to(tl.float32)
     # the norm's result in x's dtype, as the reference rounds it before rotating
     odt: tl.constexpr = out_ptr.dtype.element_ty
-    y0 = cast16(x0 * rstd[:, None] * w0[None, :], odt, INTERP).to(tl.float32)
-    y1 = cast16(x1 * rstd[:, None] * w1[None, :], odt, INTERP).to(tl.float32)
-    rot = j < F
+    y = cast16(xf * rstd[:, None] * w[None, :], odt, INTERP).to(tl.float32)
+    y0, y1 = tl.split(tl.reshape(y, (ROWS, D // 2, 2)))
+    j = tl.arange(0, D // 2)
     pos = tok % N
-    cm = m2 & rot[None, :]
+    cm = m2 & (j < F)[None, :]
     c = tl.load(cos_ptr + pos[:, None] * F + j[None, :], mask=cm, other=1.0)
     s = tl.load(sin_ptr + pos[:, None] * F + j[None, :], mask=cm, other=0.0)
-    o0 = y0 * c - y1 * s
-    o1 = y1 * c + y0 * s
-    dst = out_ptr + rows[:, None] * D + 2 * j[None, :]
-    tl.store(dst, cast16(o0, odt, INTERP), mask=m2)
-    tl.store(dst + 1, cast16(o1, odt, INTERP), mask=m2)
+    o = tl.reshape(tl.join(y0 * c - y1 * s, y1 * c + y0 * s), (ROWS, D))
+    tl.store(out_ptr + rows[:, None] * D + ch[None, :], cast16(o, odt, INTERP), mask=m2)
 
 
 def launch(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor,

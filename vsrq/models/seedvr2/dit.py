@@ -533,7 +533,7 @@ def crop_grid(x: Tensor, axes: tuple[AxisWindows, ...]) -> Tensor:
 
 def norm_rope(x: Tensor, norm: RMSNorm, cos: Tensor | None, sin: Tensor | None) -> Tensor:
     """`apply_rope(norm(x), cos, sin)` of the heads of q or k (cos None: the norm only). Eagerly on a GPU one
-    Triton pass over the strided view (`vsrq.kernels.head_norm_rope`, 1.7x the ops at 1080p on an H100);
+    Triton pass over the strided view (`vsrq.kernels.head_norm_rope`, 6-10x the ops at 1080p on an H100);
     under torch.compile, which fuses these ops itself, and on the CPU the ops."""
     if cos is not None and sin is not None and not torch.compiler.is_compiling():
         if head_norm_rope_supported(x, norm.weight, cos):
