@@ -47,3 +47,31 @@ def _head_norm_rope() -> str:
 
 
 CASES.update({"dit_head_norm_rope": _head_norm_rope})
+
+
+def _window_gather() -> str:
+    """The gather kernel equals the torch assembly exactly: batch 2, regular and shifted (padded) windows,
+    text per video, text shared (batch 1), no text, a strided v view of a qkv tensor."""
+    import torch
+
+    from vsrq.kernels.window_gather import window_gather
+    from vsrq.models.seedvr2.dit import WIN_REGULAR, WIN_SHIFTED, make_windows, window_tokens, window_tokens_torch
+
+    torch.manual_seed(0)
+    n_cases = 0
+    for grid in ((2, 9, 14), (5, 21, 23)):
+        for method in (WIN_REGULAR, WIN_SHIFTED):
+            axes = make_windows(grid, (4, 3, 3), method)
+            spec = tuple((a.count, a.size, a.front) for a in axes)
+            n = grid[0] * grid[1] * grid[2]
+            v = torch.randn(2, n, 3 * 2 * 16).bfloat16().unflatten(-1, (3, 2, 16)).unbind(-3)[2]
+            for txt in (torch.randn(2, 5, 2, 16).bfloat16(), torch.randn(1, 5, 2, 16).bfloat16(), None):
+                want = window_tokens_torch(v, txt, grid, axes)
+                got = window_gather(v, txt, grid, spec)
+                assert torch.equal(got, want), (grid, method, None if txt is None else txt.shape)
+                assert torch.equal(window_tokens(v, txt, grid, axes), want)
+                n_cases += 1
+    return f"{n_cases} cases equal"
+
+
+CASES.update({"dit_window_gather": _window_gather})

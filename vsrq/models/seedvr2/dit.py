@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vsrq.kernels.head_norm_rope import head_norm_rope, head_norm_rope_supported
+from vsrq.kernels.window_gather import window_gather, window_gather_supported
 
 WIN_REGULAR = "720pwin_by_size_bysize"
 WIN_SHIFTED = "720pswin_by_size_bysize"
@@ -479,7 +480,16 @@ def to_windows(x: Tensor, axes: tuple[AxisWindows, ...]) -> Tensor:
 
 def window_tokens(x: Tensor, txt: Tensor | None, grid: Grid, axes: tuple[AxisWindows, ...]) -> Tensor:
     """(B, N, heads, d) video tokens [+ (B, L, heads, d) text] -> (B*nwin, heads, S [+ L], d): each
-    window's tokens (`to_windows` order), then the text repeated for every window.
+    window's tokens (`to_windows` order), zeros where a window lies outside the grid, then the text
+    repeated for every window. Eagerly on a GPU one gather kernel (`vsrq.kernels.window_gather`, the
+    same values); under torch.compile, which fuses the copies itself, and on the CPU `window_tokens_torch`."""
+    if not torch.compiler.is_compiling() and window_gather_supported(x, txt):
+        return window_gather(x, txt, grid, tuple((a.count, a.size, a.front) for a in axes))
+    return window_tokens_torch(x, txt, grid, axes)
+
+
+def window_tokens_torch(x: Tensor, txt: Tensor | None, grid: Grid, axes: tuple[AxisWindows, ...]) -> Tensor:
+    """`window_tokens` in torch ops (its reference).
 
     Written into one buffer (the window-ordered view of its first S rows takes the permuted grid in
     one strided copy; the text goes into the last L rows), not `torch.cat` of a windowed copy and an
