@@ -405,21 +405,8 @@ def axial_angles(pos_t: Tensor, pos_h: Tensor, pos_w: Tensor, inv: Tensor) -> Te
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate channel pairs (2i, 2i+1) of the first 2*cos.shape[-1] channels; the rest pass.
 
-    x: (..., N, heads, head_dim); cos/sin: (N, F) broadcast over heads. Done in fp32. Two
-    spellings of the same rotation: eagerly one complex multiply in place (the real-arithmetic
-    spelling is ~9 passes over q/k: unbind, four products, stack, cat), under torch.compile the
-    real one, which inductor fuses into one kernel (complex tensors it does not)."""
-    if torch.compiler.is_compiling():
-        return rope_real(x, cos, sin)
-    r = 2 * cos.shape[-1]
-    out = x.to(torch.float32, copy=True)  # the pass-through channels are already in place
-    # (x0 + i x1) * (cos + i sin) = (x0 cos - x1 sin) + i (x1 cos + x0 sin)
-    torch.view_as_complex(out[..., :r].unflatten(-1, (-1, 2))).mul_(torch.complex(cos, sin)[:, None, :])
-    return out.to(x.dtype)
-
-
-def rope_real(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """`apply_rope` in real arithmetic (its compiled spelling)."""
+    x: (..., N, heads, head_dim); cos/sin: (N, F) broadcast over heads. Done in fp32. (On a GPU the model
+    runs it fused with the head norm, `norm_rope`; this is that kernel's reference and the compiled/CPU path.)"""
     r = 2 * cos.shape[-1]
     xf = x.float()
     rot, rest = xf[..., :r], xf[..., r:]
