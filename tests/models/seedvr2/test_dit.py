@@ -265,16 +265,24 @@ def test_config_dict_roundtrip():
     assert SeedVR2DiTConfig.preset("7b").window_method(34) == WIN_REGULAR
 
 
-def test_head_norm_rope_refuses_what_it_cannot_run():
-    """Off the GPU (no interpreter) the kernel refuses, and the model's norm_rope takes the torch ops."""
-    from vsrq.kernels.head_norm_rope import head_norm_rope, head_norm_rope_supported
-    from vsrq.models.seedvr2.dit import RMSNorm, norm_rope
+def test_eager_kernels_refuse_the_cpu_and_the_model_falls_back():
+    """Off the GPU (no interpreter) both eager kernels refuse with ValueError, and the model's norm_rope /
+    window_tokens take the torch ops."""
+    from vsrq.kernels._triton import interpreting
+    from vsrq.kernels.head_norm_rope import head_norm_rope
+    from vsrq.kernels.window_gather import window_gather
+    from vsrq.models.seedvr2.dit import RMSNorm, norm_rope, window_tokens_torch
 
+    if torch.cuda.is_available() or interpreting():
+        pytest.skip("Triton can run here: the interpreter cases cover the kernels")
     q = torch.randn(1, 6, 2, 16).bfloat16()
     ang = torch.randn(6, 4)
-    if head_norm_rope_supported(q, torch.ones(16, dtype=torch.bfloat16), ang.cos()):
-        pytest.skip("Triton can run here (GPU or interpreter): covered by the interpreter case")
     with pytest.raises(ValueError):
         head_norm_rope(q, torch.ones(16, dtype=torch.bfloat16), 1e-6, ang.cos(), ang.sin())
     norm = RMSNorm(16, 1e-6).bfloat16()
     assert torch.equal(norm_rope(q, norm, ang.cos(), ang.sin()), apply_rope(norm(q), ang.cos(), ang.sin()))
+    grid = (1, 2, 3)
+    axes = make_windows(grid, (4, 3, 3), WIN_REGULAR)
+    with pytest.raises(ValueError):
+        window_gather(q, None, grid, tuple((a.count, a.size, a.front) for a in axes))
+    assert torch.equal(window_tokens(q, q[:, :2], grid, axes), window_tokens_torch(q, q[:, :2], grid, axes))
