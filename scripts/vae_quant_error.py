@@ -40,6 +40,7 @@ from torch import Tensor, nn
 import vsrq.models.seedvr2.vae as vae_mod
 from vsrq.kernels.conv3d import FP8_MAX, prepare_conv_weight
 from vsrq.models.seedvr2.vae import SeedVR2VAE, SeedVR2VAEConfig, Upsample
+from vsrq.quant.pack import fake_quant_activation, fake_quant_weight
 
 Quant = Callable[[Tensor], Tensor]
 
@@ -66,24 +67,29 @@ def e4m3_weight(w: Tensor) -> Tensor:
     return prepare_conv_weight(w, "fp8").dequantized()
 
 
-def int8(x: Tensor, dims: tuple[int, ...] | None) -> Tensor:
-    """Symmetric int8 with one scale per slice: amax over `dims` (None: over everything) / 127."""
-    amax = x.abs().amax() if dims is None else x.abs().amax(dim=dims, keepdim=True)
-    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
-    return (x / scale).round().clamp(-127, 127) * scale
+def int8(x: Tensor, share: str) -> Tensor:
+    """The project's int8 activation quantizer (`fake_quant_activation`: symmetric, round half up, as the
+    kernels run it) with one scale per input pixel, per input channel or per tensor."""
+    if share == "pixel":  # (B, C, T, H, W): the C values of each position share a scale
+        return fake_quant_activation(x.movedim(1, -1), bits=8).movedim(-1, 1)
+    if share == "channel":
+        rows = x.movedim(1, 0)
+        return fake_quant_activation(rows.reshape(rows.shape[0], -1), bits=8).reshape(rows.shape).movedim(0, 1)
+    return fake_quant_activation(x.reshape(1, -1), bits=8).reshape(x.shape)
 
 
 def int8_weight(w: Tensor) -> Tensor:
-    return int8(w, (1, 2, 3, 4))  # per output channel
+    """Per output channel, the project's weight quantizer (`fake_quant_weight`)."""
+    return fake_quant_weight(w.flatten(1), bits=8).reshape(w.shape)
 
 
 # format -> (quant of a GroupNorm-fed conv's input, of an upsampler conv's input, of a weight)
 FORMATS: dict[str, tuple[Quant, Quant, Quant]] = {
     "bf16": (bf16, bf16, bf16),
     "e4m3": (e4m3, e4m3_pow2, e4m3_weight),
-    "int8-pixel": ((lambda x: int8(x, (1,))),) * 2 + (int8_weight,),
-    "int8-tensor": ((lambda x: int8(x, None)),) * 2 + (int8_weight,),
-    "int8-channel": ((lambda x: int8(x, (0, 2, 3, 4))),) * 2 + (int8_weight,),
+    "int8-pixel": ((lambda x: int8(x, "pixel")),) * 2 + (int8_weight,),
+    "int8-tensor": ((lambda x: int8(x, "tensor")),) * 2 + (int8_weight,),
+    "int8-channel": ((lambda x: int8(x, "channel")),) * 2 + (int8_weight,),
 }
 
 
